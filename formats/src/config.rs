@@ -45,8 +45,15 @@ pub struct TensorSpec {
 }
 
 /// The names of the seven block linears of layer `i`, in forward order.
-pub const BLOCK_LINEARS: [&str; 7] =
-    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+pub const BLOCK_LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
 
 impl ModelConfig {
     /// Check that the configuration describes a model we can run. The message names the field.

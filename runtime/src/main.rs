@@ -43,7 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info { model, json, no_verify } => {
             let file = Bd2File::open(&model, ReadOptions { verify_checksums: !no_verify })
-                .with_context(|| format!("cannot load {}", model.display()))?;
+                .context("cannot load model")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info::info_json(&file))?);
             } else {

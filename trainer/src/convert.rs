@@ -35,7 +35,13 @@ pub fn plan(config: &ModelConfig, opts: &ConvertOptions) -> Result<Vec<(TensorSp
     let mut out = Vec::new();
     for spec in config.tensor_specs() {
         let block = spec.role == TensorRole::BlockLinear;
-        let dtype = if block { opts.format } else if quantized { opts.float_dtype } else { opts.format };
+        let dtype = if block {
+            opts.format
+        } else if quantized {
+            opts.float_dtype
+        } else {
+            opts.format
+        };
         let group_size = dtype.quant().map(|_| opts.group);
         if let (Some(g), true) = (group_size, block) {
             if g > spec.shape[1] {

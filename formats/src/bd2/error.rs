@@ -4,8 +4,8 @@ use std::path::PathBuf;
 /// Everything that can be wrong with a `.bd2` file or a write. Each message names the part concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum Bd2Error {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("not a .bd2 file: bad magic bytes {found:02x?}")]
     BadMagic { found: Vec<u8> },
     #[error(".bd2 version {0} is not supported (this build reads version 1)")]
@@ -54,6 +54,6 @@ pub enum Bd2Error {
 
 impl Bd2Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Bd2Error::Io { path: path.into(), source }
+        Bd2Error::Io { path: path.into(), err: source }
     }
 }

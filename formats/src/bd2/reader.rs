@@ -168,8 +168,11 @@ impl Bd2File {
             if index.insert(e.name.clone(), tensors.len()).is_some() {
                 return Err(Bd2Error::DuplicateTensor(e.name.clone()));
             }
-            let spec = specs.get(&e.name).ok_or_else(|| Bd2Error::UnexpectedTensor(e.name.clone(), header.config.architecture.clone()))?;
-            let dtype = DType::parse(&e.dtype).ok_or_else(|| Bd2Error::UnknownDType { tensor: e.name.clone(), dtype: e.dtype.clone() })?;
+            let spec = specs
+                .get(&e.name)
+                .ok_or_else(|| Bd2Error::UnexpectedTensor(e.name.clone(), header.config.architecture.clone()))?;
+            let dtype = DType::parse(&e.dtype)
+                .ok_or_else(|| Bd2Error::UnknownDType { tensor: e.name.clone(), dtype: e.dtype.clone() })?;
             let shape: Vec<usize> = e.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
             if shape != spec.shape {
                 return Err(bad(format!("shape {:?}, but the config implies {:?}", e.shape, spec.shape)));
@@ -196,14 +199,24 @@ impl Bd2File {
             }
             let (offset, len) = check_blob(&what, e.offset, e.len)?;
             let crc32 = parse_crc(&what, &e.crc32).map_err(Bd2Error::HeaderJson)?;
-            tensors.push(TensorInfo { name: e.name.clone(), dtype, group_size: e.group_size, shape, offset, len, crc32, role: spec.role });
+            tensors.push(TensorInfo {
+                name: e.name.clone(),
+                dtype,
+                group_size: e.group_size,
+                shape,
+                offset,
+                len,
+                crc32,
+                role: spec.role,
+            });
         }
         if let Some(missing) = header.config.tensor_specs().into_iter().find(|s| !index.contains_key(&s.name)) {
             return Err(Bd2Error::MissingTensor(missing.name));
         }
 
         // Overlap: sort every blob by offset and compare neighbours.
-        let mut spans: Vec<(usize, usize, String)> = tensors.iter().map(|t| (t.offset, t.len, format!("tensor {:?}", t.name))).collect();
+        let mut spans: Vec<(usize, usize, String)> =
+            tensors.iter().map(|t| (t.offset, t.len, format!("tensor {:?}", t.name))).collect();
         spans.push((tokenizer.0, tokenizer.1, "tokenizer".into()));
         spans.sort();
         for w in spans.windows(2) {

@@ -58,7 +58,10 @@ pub fn encode_tensor(decl: &TensorDecl, values: &[f32]) -> Result<Vec<u8>, Bd2Er
         });
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Bd2Error::BadTensor { tensor: decl.name.clone(), problem: format!("value {i} is {} (not finite)", values[i]) });
+        return Err(Bd2Error::BadTensor {
+            tensor: decl.name.clone(),
+            problem: format!("value {i} is {} (not finite)", values[i]),
+        });
     }
     Ok(match decl.dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -67,7 +70,8 @@ pub fn encode_tensor(decl: &TensorDecl, values: &[f32]) -> Result<Vec<u8>, Bd2Er
         DType::Quant(format) => {
             let group = decl.group_size.unwrap_or(0);
             let (rows, cols) = (decl.shape[0], decl.shape.get(1).copied().unwrap_or(0));
-            pack_matrix(format, group, rows, cols, values).map_err(|source| Bd2Error::Quant { tensor: decl.name.clone(), source })?
+            pack_matrix(format, group, rows, cols, values)
+                .map_err(|source| Bd2Error::Quant { tensor: decl.name.clone(), source })?
         }
     })
 }

@@ -53,8 +53,7 @@ pub struct RawTensor {
 /// falls back to byte tokens.
 const CHARS: [&str; 13] = ["▁", "e", "t", "h", "a", "o", "n", "i", "l", "d", "r", "w", "s"];
 /// Merges in rank order; each result becomes a token after the characters.
-const MERGES: [(&str, &str); 7] =
-    [("▁", "t"), ("h", "e"), ("▁t", "he"), ("▁", "a"), ("i", "n"), ("o", "n"), ("l", "l")];
+const MERGES: [(&str, &str); 7] = [("▁", "t"), ("h", "e"), ("▁t", "he"), ("▁", "a"), ("i", "n"), ("o", "n"), ("l", "l")];
 
 /// Number of tokens in [`tiny_tokenizer_json`]: 3 specials, 256 bytes, the characters, the merges.
 pub const TINY_VOCAB: usize = 3 + 256 + CHARS.len() + MERGES.len();
@@ -247,10 +246,7 @@ fn st_dtype(dtype: &str) -> io::Result<&'static str> {
         "f32" => Ok("F32"),
         "f16" => Ok("F16"),
         "bf16" => Ok("BF16"),
-        other => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("TinySpec.dtype {other:?} is not f32, f16 or bf16"),
-        )),
+        other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("TinySpec.dtype {other:?} is not f32, f16 or bf16"))),
     }
 }
 

@@ -21,12 +21,12 @@ use std::path::{Component, Path, PathBuf};
 /// field concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{}: {what}", path.display())]
     NotFound { path: PathBuf, what: &'static str },
-    #[error("{}: malformed JSON: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{}: malformed JSON: {err}", path.display())]
+    Json { path: PathBuf, err: serde_json::Error },
     #[error("{}: {msg}", path.display())]
     BadConfig { path: PathBuf, msg: String },
     #[error("{}: unsupported: {what}", path.display())]
@@ -56,13 +56,25 @@ struct TensorEntry {
 }
 
 /// One opened HF checkpoint directory. Weight files stay mapped for the life of the value.
-#[derive(Debug)]
 pub struct HfCheckpoint {
     dir: PathBuf,
     config: ModelConfig,
     tokenizer_json: Vec<u8>,
     tensors: BTreeMap<String, TensorEntry>,
     shards: Vec<(PathBuf, Mmap)>,
+}
+
+/// By hand, so a failed `unwrap_err` does not print the whole tokenizer as a list of bytes.
+impl std::fmt::Debug for HfCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfCheckpoint")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("tokenizer_json_len", &self.tokenizer_json.len())
+            .field("tensors", &self.tensors.len())
+            .field("shards", &self.shards.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 const SINGLE_FILE: &str = "model.safetensors";
@@ -77,7 +89,7 @@ impl HfCheckpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(HfError::NotFound { path: dir.into(), what: "checkpoint directory does not exist" })
             }
-            Err(source) => return Err(HfError::Io { path: dir.into(), source }),
+            Err(source) => return Err(HfError::Io { path: dir.into(), err: source }),
         }
         let config_path = dir.join("config.json");
         let config = parse_config(&read_required(&config_path, "config.json is missing")?, &config_path)?;
@@ -85,10 +97,9 @@ impl HfCheckpoint {
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer_json = read_required(&tokenizer_path, "tokenizer.json is missing (the .bd2 file embeds it)")?;
         serde_json::from_slice::<Value>(&tokenizer_json)
-            .map_err(|source| HfError::Json { path: tokenizer_path.clone(), source })?;
+            .map_err(|source| HfError::Json { path: tokenizer_path.clone(), err: source })?;
 
-        let mut ckpt =
-            HfCheckpoint { dir: dir.into(), config, tokenizer_json, tensors: BTreeMap::new(), shards: Vec::new() };
+        let mut ckpt = HfCheckpoint { dir: dir.into(), config, tokenizer_json, tensors: BTreeMap::new(), shards: Vec::new() };
         // A single file wins over an index, as in transformers.
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(INDEX_FILE);
@@ -184,32 +195,24 @@ impl HfCheckpoint {
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, HfError> {
-        self.tensors.get(name).ok_or_else(|| HfError::MissingTensor {
-            name: name.into(),
-            dir: self.dir.clone(),
-            note: "",
-        })
+        self.tensors.get(name).ok_or_else(|| HfError::MissingTensor { name: name.into(), dir: self.dir.clone(), note: "" })
     }
 
     /// Map one safetensors file and index its tensors; returns the shard number.
     fn add_shard(&mut self, path: PathBuf) -> Result<usize, HfError> {
-        let file = File::open(&path).map_err(|source| HfError::Io { path: path.clone(), source })?;
+        let file = File::open(&path).map_err(|source| HfError::Io { path: path.clone(), err: source })?;
         // SAFETY: the map is read-only and private to this value. Another process truncating the
         // file while it is mapped could still fault; that is the usual price of mapping weights.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| HfError::Io { path: path.clone(), source })?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&map)
-            .map_err(|e| HfError::BadSafetensors { path: path.clone(), msg: e.to_string() })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| HfError::Io { path: path.clone(), err: source })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| HfError::BadSafetensors { path: path.clone(), msg: e.to_string() })?;
         // read_metadata checked that the offsets tile the data section, so these cannot overflow.
         let data_start = 8 + header_len;
         let shard = self.shards.len();
         for (name, info) in metadata.tensors() {
             let (s, e) = info.data_offsets;
-            let entry = TensorEntry {
-                shard,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                bytes: data_start + s..data_start + e,
-            };
+            let entry =
+                TensorEntry { shard, dtype: info.dtype, shape: info.shape.clone(), bytes: data_start + s..data_start + e };
             if let Some(prev) = self.tensors.get(&name) {
                 return Err(HfError::DuplicateTensor { name, first: self.shards[prev.shard].0.clone(), second: path });
             }
@@ -222,11 +225,9 @@ impl HfCheckpoint {
     /// Open every shard an index names, and check that each tensor is where the index says.
     fn add_sharded(&mut self, index_path: &Path) -> Result<(), HfError> {
         let bytes = read_required(index_path, "index file is missing")?;
-        let index: Value =
-            serde_json::from_slice(&bytes).map_err(|source| HfError::Json { path: index_path.into(), source })?;
+        let index: Value = serde_json::from_slice(&bytes).map_err(|source| HfError::Json { path: index_path.into(), err: source })?;
         let bad = |msg: String| HfError::BadIndex { path: index_path.into(), msg };
-        let map =
-            index.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+        let map = index.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
         if map.is_empty() {
             return Err(bad("\"weight_map\" is empty".into()));
         }
@@ -234,9 +235,7 @@ impl HfCheckpoint {
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file name")))?;
             if !is_plain_relative(file) {
-                return Err(bad(format!(
-                    "weight_map[{tensor:?}] = {file:?} is not a file inside the checkpoint directory"
-                )));
+                return Err(bad(format!("weight_map[{tensor:?}] = {file:?} is not a file inside the checkpoint directory")));
             }
             let shard = match shard_of_file.get(file) {
                 Some(&s) => s,
@@ -249,9 +248,7 @@ impl HfCheckpoint {
             match self.tensors.get(tensor) {
                 Some(e) if e.shard == shard => {}
                 _ => {
-                    return Err(bad(format!(
-                        "weight_map says tensor {tensor:?} is in {file:?}, but that file does not hold it"
-                    )))
+                    return Err(bad(format!("weight_map says tensor {tensor:?} is in {file:?}, but that file does not hold it")))
                 }
             }
         }
@@ -273,14 +270,14 @@ fn read_required(path: &Path, missing: &'static str) -> Result<Vec<u8>, HfError>
         if source.kind() == std::io::ErrorKind::NotFound {
             HfError::NotFound { path: path.into(), what: missing }
         } else {
-            HfError::Io { path: path.into(), source }
+            HfError::Io { path: path.into(), err: source }
         }
     })
 }
 
 /// Turn an HF `config.json` into a [`ModelConfig`], refusing what the runtime would compute wrongly.
 fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelConfig, HfError> {
-    let root: Value = serde_json::from_slice(bytes).map_err(|source| HfError::Json { path: path.into(), source })?;
+    let root: Value = serde_json::from_slice(bytes).map_err(|source| HfError::Json { path: path.into(), err: source })?;
     let obj = root
         .as_object()
         .ok_or_else(|| HfError::BadConfig { path: path.into(), msg: "the top level is not a JSON object".into() })?;

@@ -5,16 +5,8 @@ use half::f16;
 
 /// NF3 levels, in code order (ALGORITHM.md section 1).
 #[allow(clippy::excessive_precision)]
-pub const NF3_LEVELS: [f32; 8] = [
-    -1.0,
-    -0.5350227355957031,
-    -0.2469314038753510,
-    0.0,
-    0.1833375245332718,
-    0.3819939494132996,
-    0.6229856610298157,
-    1.0,
-];
+pub const NF3_LEVELS: [f32; 8] =
+    [-1.0, -0.5350227355957031, -0.2469314038753510, 0.0, 0.1833375245332718, 0.3819939494132996, 0.6229856610298157, 1.0];
 
 /// NF4 levels (QLoRA), in code order; checked against bitsandbytes' dequantization table.
 #[allow(clippy::excessive_precision)]

@@ -48,7 +48,8 @@ pub fn pack_matrix(format: QuantFormat, group: usize, rows: usize, cols: usize, 
     for r in 0..rows {
         let row = &mut blob[r * layout.row_code_bytes..(r + 1) * layout.row_code_bytes];
         for e in 0..layout.padded_cols() {
-            let code = if e < cols { codes[r * cols + e] } else { params[r * layout.groups + layout.groups - 1].zero_code(format) };
+            let code =
+                if e < cols { codes[r * cols + e] } else { params[r * layout.groups + layout.groups - 1].zero_code(format) };
             put_code(format, row, e, code);
         }
         let scales_at = layout.scales_offset + r * layout.row_scale_bytes;
@@ -92,7 +93,12 @@ impl<'a> PackedMatrix<'a> {
     /// A view over `bytes`, which must be exactly the layout's length.
     pub fn new(layout: PackedLayout, bytes: &'a [u8]) -> Result<Self, QuantError> {
         if bytes.len() != layout.len {
-            return Err(QuantError::ShapeMismatch { rows: layout.rows, cols: layout.cols, expected: layout.len, got: bytes.len() });
+            return Err(QuantError::ShapeMismatch {
+                rows: layout.rows,
+                cols: layout.cols,
+                expected: layout.len,
+                got: bytes.len(),
+            });
         }
         Ok(Self { layout, bytes })
     }

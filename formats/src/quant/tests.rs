@@ -98,7 +98,11 @@ fn degenerate_groups_follow_the_formulas() {
             }
             if format.is_nf() && label != "zeros" {
                 // The extreme weight of the group's sign is a scale, so it is exact up to f16 rounding.
-                let extreme = if w[0] > 0.0 { w.iter().cloned().fold(f32::MIN, f32::max) } else { w.iter().cloned().fold(f32::MAX, f32::min) };
+                let extreme = if w[0] > 0.0 {
+                    w.iter().cloned().fold(f32::MIN, f32::max)
+                } else {
+                    w.iter().cloned().fold(f32::MAX, f32::min)
+                };
                 let i = w.iter().position(|&x| x == extreme).unwrap();
                 assert_eq!(out[i], f16::from_f32(extreme.abs()).to_f32() * extreme.signum(), "{format} {label}");
             }
@@ -205,7 +209,11 @@ fn pack_unpack_is_bit_exact_for_every_format_and_group() {
                 let (codes, params) = quantize_matrix(format, group, rows, cols, &w).unwrap();
                 for r in 0..rows {
                     for c in 0..layout.padded_cols() {
-                        let expect = if c < cols { codes[r * cols + c] } else { params[r * layout.groups + layout.groups - 1].zero_code(format) };
+                        let expect = if c < cols {
+                            codes[r * cols + c]
+                        } else {
+                            params[r * layout.groups + layout.groups - 1].zero_code(format)
+                        };
                         assert_eq!(view.code(r, c), expect, "{format} g{group} cols {cols} r{r} c{c}");
                     }
                     for g in 0..layout.groups {
