@@ -4,5 +4,6 @@
 //! sampler and the C ABI arrive with the runtime and C-library issues.
 
 pub mod info;
+pub mod kernels;
 
 pub use bd_formats::bd2::{Bd2Error, Bd2File, ReadOptions};

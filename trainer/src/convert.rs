@@ -95,6 +95,6 @@ pub fn write_bd2(
 
 /// `bd-train quantize`: the checkpoint's own weights, round to nearest.
 pub fn quantize_checkpoint(teacher: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
-    let ckpt = HfCheckpoint::open(teacher).with_context(|| format!("cannot load teacher {}", teacher.display()))?;
+    let ckpt = HfCheckpoint::open(teacher).context("cannot load teacher")?;
     write_bd2(&ckpt, out, opts, |spec| Ok(ckpt.tensor_f32(&spec.name)?))
 }

@@ -18,7 +18,7 @@ pub enum Bd2Error {
     ReservedNonZero,
     #[error("header length {0} exceeds the 64 MiB limit")]
     HeaderTooLarge(u64),
-    #[error("data section offset {data_offset} is invalid (must be a multiple of 64, at least {min})")]
+    #[error("data section offset {data_offset} is invalid (must be {min}, the first multiple of 64 after the header)")]
     BadDataOffset { data_offset: u64, min: u64 },
     #[error("header checksum mismatch (stored {stored:08x}, computed {computed:08x}): the header is corrupt")]
     HeaderChecksum { stored: u32, computed: u32 },
@@ -32,6 +32,8 @@ pub enum Bd2Error {
     OutOfBounds { what: String, offset: u64, len: u64, data_offset: u64, file_len: u64 },
     #[error("{a} and {b} overlap")]
     Overlap { a: String, b: String },
+    #[error("padding before {before} is not zero: the file is corrupt")]
+    NonZeroPadding { before: String },
     #[error("tensor {0:?} appears more than once")]
     DuplicateTensor(String),
     #[error("tensor {0:?} is not part of a {1} model")]

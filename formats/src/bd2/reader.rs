@@ -125,8 +125,10 @@ impl Bd2File {
         if have < header_end {
             return Err(Bd2Error::Truncated { what: "header".into(), need: header_end, have });
         }
-        if data_offset % ALIGN as u64 != 0 || data_offset < header_end {
-            return Err(Bd2Error::BadDataOffset { data_offset, min: header_end });
+        // One canonical layout: the data section starts at the first aligned offset after the header.
+        let canonical = super::align_up(header_end).unwrap();
+        if data_offset != canonical {
+            return Err(Bd2Error::BadDataOffset { data_offset, min: canonical });
         }
         if file_len != have {
             return Err(if file_len > have {
@@ -223,6 +225,15 @@ impl Bd2File {
             if w[0].0 + w[0].1 > w[1].0 {
                 return Err(Bd2Error::Overlap { a: w[0].2.clone(), b: w[1].2.clone() });
             }
+        }
+        // Padding must be zero, so that no byte of the file escapes validation (blobs have CRCs,
+        // the header has its CRC, the preamble is checked field by field).
+        let mut at = header_end as usize;
+        for (offset, len, what) in spans.iter().map(|(o, l, w)| (*o, *l, w.as_str())).chain([(bytes.len(), 0, "end of file")]) {
+            if bytes[at..offset].iter().any(|&b| b != 0) {
+                return Err(Bd2Error::NonZeroPadding { before: what.to_string() });
+            }
+            at = offset + len;
         }
 
         if opts.verify_checksums {
