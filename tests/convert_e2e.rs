@@ -39,7 +39,10 @@ fn quantize_then_info_for_every_format() {
     let source = tiny_tensors(&spec);
     for format in ["int2", "int3", "int4", "nf3", "nf4", "f16", "bf16", "f32"] {
         let out = dir.path().join(format!("{format}.bd2"));
-        let o = run("bd-train", &["quantize", "--teacher", &ckpt, "--format", format, "--group", "32", "--out", out.to_str().unwrap()]);
+        let o = run(
+            "bd-train",
+            &["quantize", "--teacher", &ckpt, "--format", format, "--group", "32", "--out", out.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{format}: {}", String::from_utf8_lossy(&o.stderr));
 
         let o = run("bd-run", &["info", out.to_str().unwrap(), "--json"]);
@@ -54,7 +57,8 @@ fn quantize_then_info_for_every_format() {
                 assert_eq!(info["group_size"], 32);
                 let b = bpw.as_f64().unwrap();
                 // g32: b + (16 * scales + zero bits) / 32, a little more for the partial groups of 172.
-                let base = q.bits() as f64 + (16.0 * q.scales_per_group() as f64 + if q.is_nf() { 0.0 } else { q.bits() as f64 }) / 32.0;
+                let base =
+                    q.bits() as f64 + (16.0 * q.scales_per_group() as f64 + if q.is_nf() { 0.0 } else { q.bits() as f64 }) / 32.0;
                 assert!(b >= base && b < base + 0.1, "{format}: {b} vs {base}");
             }
             None => assert!(bpw.is_null()),
@@ -84,7 +88,10 @@ fn half_precision_and_untied_checkpoints_convert() {
         let dir = tempfile::tempdir().unwrap();
         let ckpt = checkpoint(dir.path(), &TinySpec { dtype, tied, ..TinySpec::default() });
         let out = dir.path().join("m.bd2");
-        let o = run("bd-train", &["quantize", "--teacher", &ckpt, "--format", "nf3", "--group", "64", "--out", out.to_str().unwrap()]);
+        let o = run(
+            "bd-train",
+            &["quantize", "--teacher", &ckpt, "--format", "nf3", "--group", "64", "--out", out.to_str().unwrap()],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let file = Bd2File::open(&out, ReadOptions::default()).unwrap();
         assert_eq!(file.config().tied_embeddings, tied);
@@ -102,8 +109,16 @@ fn bad_input_gives_clear_errors() {
         ("bd-train", vec!["quantize", "--teacher", "/nonexistent/model", "--format", "int2", "--out", o], "/nonexistent/model"),
         ("bd-train", vec!["quantize", "--teacher", &ckpt, "--format", "int5", "--out", o], "int5"),
         ("bd-train", vec!["quantize", "--teacher", &ckpt, "--format", "int2", "--group", "48", "--out", o], "group size 48"),
-        ("bd-train", vec!["quantize", "--teacher", &ckpt, "--format", "int2", "--group", "128", "--out", o], "larger than the input dimension 64"),
-        ("bd-train", vec!["quantize", "--teacher", &ckpt, "--format", "int2", "--float-dtype", "nf3", "--out", o], "--float-dtype"),
+        (
+            "bd-train",
+            vec!["quantize", "--teacher", &ckpt, "--format", "int2", "--group", "128", "--out", o],
+            "larger than the input dimension 64",
+        ),
+        (
+            "bd-train",
+            vec!["quantize", "--teacher", &ckpt, "--format", "int2", "--float-dtype", "nf3", "--out", o],
+            "--float-dtype",
+        ),
         ("bd-run", vec!["info", "/nonexistent/m.bd2"], "/nonexistent/m.bd2"),
     ];
     for (name, args, needle) in cases {
@@ -113,7 +128,8 @@ fn bad_input_gives_clear_errors() {
         assert!(stderr.contains(needle), "{name} {args:?}: {stderr:?} lacks {needle:?}");
     }
     assert!(!out.exists(), "a failed conversion leaves no output file");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "hf").collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "hf").collect();
     assert!(leftovers.is_empty(), "no temporary files are left behind: {leftovers:?}");
 
     // A NaN in the checkpoint is named, and nothing is written.
@@ -121,7 +137,8 @@ fn bad_input_gives_clear_errors() {
     let nan_dir = dir.path().join("nan");
     write_tiny_checkpoint(&nan_dir, &spec).unwrap();
     poison_first_weight(&nan_dir.join("model.safetensors"), "model.layers.0.mlp.up_proj.weight");
-    let r = run("bd-train", &["quantize", "--teacher", nan_dir.to_str().unwrap(), "--format", "int2", "--group", "32", "--out", o]);
+    let r =
+        run("bd-train", &["quantize", "--teacher", nan_dir.to_str().unwrap(), "--format", "int2", "--group", "32", "--out", o]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && stderr.contains("up_proj") && stderr.contains("NaN"), "{stderr}");
     assert!(!out.exists());
@@ -142,7 +159,8 @@ fn malformed_files_never_make_bd_run_panic() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = checkpoint(dir.path(), &TinySpec::default());
     let good = dir.path().join("good.bd2");
-    let o = run("bd-train", &["quantize", "--teacher", &ckpt, "--format", "int3", "--group", "16", "--out", good.to_str().unwrap()]);
+    let o =
+        run("bd-train", &["quantize", "--teacher", &ckpt, "--format", "int3", "--group", "16", "--out", good.to_str().unwrap()]);
     assert!(o.status.success());
     let bytes = std::fs::read(&good).unwrap();
     let bad = dir.path().join("bad.bd2");

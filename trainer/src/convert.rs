@@ -1,5 +1,7 @@
 //! `bd-train quantize`: a Hugging Face checkpoint to a packed `.bd2`, tensor by tensor.
 
+use crate::clip::ClipFile;
+use crate::fake_quant::QuantSpec;
 use anyhow::{bail, Context, Result};
 use bd_formats::bd2::{Bd2Writer, Provenance, QuantRecipe, TensorDecl};
 use bd_formats::config::{ModelConfig, TensorRole, TensorSpec};
@@ -95,6 +97,25 @@ pub fn write_bd2(
 
 /// `bd-train quantize`: the checkpoint's own weights, round to nearest.
 pub fn quantize_checkpoint(teacher: &Path, out: &Path, opts: &ConvertOptions) -> Result<()> {
+    quantize_clipped(teacher, out, opts, None)
+}
+
+/// `bd-train quantize --clip`: the checkpoint's weights clamped to the clip bounds (searched for
+/// the same format and group size), then round to nearest: what the trainer evaluates as clip+RTN.
+pub fn quantize_clipped(teacher: &Path, out: &Path, opts: &ConvertOptions, clip: Option<&ClipFile>) -> Result<()> {
     let ckpt = HfCheckpoint::open(teacher).context("cannot load teacher")?;
-    write_bd2(&ckpt, out, opts, |spec| Ok(ckpt.tensor_f32(&spec.name)?))
+    let mut opts = opts.clone();
+    if let Some(clip) = clip {
+        let format = opts.format.quant().context("--clip needs a quantized --format (int2, int3, int4, nf3, nf4)")?;
+        clip.check_spec(QuantSpec::for_model(format, opts.group, ckpt.config())?)?;
+        clip.check_model(ckpt.config())?;
+        opts.clipping = clip.describe();
+    }
+    write_bd2(&ckpt, out, &opts, |spec| {
+        let mut values = ckpt.tensor_f32(&spec.name)?;
+        if let Some(bounds) = clip.and_then(|c| c.get(&spec.name)) {
+            bounds.apply(opts.group, &mut values);
+        }
+        Ok(values)
+    })
 }

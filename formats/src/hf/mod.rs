@@ -225,7 +225,8 @@ impl HfCheckpoint {
     /// Open every shard an index names, and check that each tensor is where the index says.
     fn add_sharded(&mut self, index_path: &Path) -> Result<(), HfError> {
         let bytes = read_required(index_path, "index file is missing")?;
-        let index: Value = serde_json::from_slice(&bytes).map_err(|source| HfError::Json { path: index_path.into(), err: source })?;
+        let index: Value =
+            serde_json::from_slice(&bytes).map_err(|source| HfError::Json { path: index_path.into(), err: source })?;
         let bad = |msg: String| HfError::BadIndex { path: index_path.into(), msg };
         let map = index.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
         if map.is_empty() {

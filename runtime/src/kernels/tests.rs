@@ -1,0 +1,438 @@
+//! Every SIMD kernel against its scalar definition.
+//!
+//! - INT formats: SIMD == the scalar twin of the 16-bit-activation scheme (same integer sums, only
+//!   the f32 summation order differs: 1e-5 of the magnitude), and the twin == the exact f32
+//!   dequantized dot product within the stated bound of the activation rounding.
+//! - NF formats and float weights: SIMD == exact reference (f32 arithmetic, 1e-5 of the magnitude).
+//! - `matmul` == `n` x `matvec`, and results do not depend on the thread count.
+
+use super::act::{ActBuf, XMAX};
+use super::*;
+use bd_formats::quant::{pack_matrix, PackedLayout, QuantFormat, GROUP_SIZES};
+use half::{bf16, f16};
+
+const COLS: [usize; 9] = [1, 5, 16, 127, 128, 129, 172, 300, 4096];
+const ROWS: [usize; 3] = [1, 3, 17];
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Approximately N(0, 1) (sum of 4 uniforms).
+    fn normal(&mut self) -> f32 {
+        ((0..4).map(|_| self.uniform()).sum::<f32>() - 2.0) * 3f32.sqrt()
+    }
+    /// Weights ~ N(0, 0.02).
+    fn weights(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| 0.02 * self.normal()).collect()
+    }
+    /// Activations ~ N(0, 1) with about 1% outliers x10.
+    fn acts(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| if self.uniform() < 0.01 { 10.0 * self.normal() } else { self.normal() }).collect()
+    }
+}
+
+/// A quantized matrix owned by the test.
+struct Quant {
+    layout: PackedLayout,
+    blob: Vec<u8>,
+}
+impl Quant {
+    fn new(format: QuantFormat, group: usize, rows: usize, cols: usize, w: &[f32]) -> Self {
+        Self {
+            layout: PackedLayout::new(format, group, rows, cols).unwrap(),
+            blob: pack_matrix(format, group, rows, cols, w).unwrap(),
+        }
+    }
+    fn weight(&self) -> Weight<'_> {
+        let p = PackedMatrix::new(self.layout, &self.blob).unwrap();
+        Weight { rows: self.layout.rows, cols: self.layout.cols, data: WeightData::Quant(p) }
+    }
+}
+
+fn simd_kernels() -> Vec<Kernels> {
+    let mut v: Vec<Kernels> = Kernels::available().into_iter().filter(|&i| i != Isa::Reference).map(Kernels::with_isa).collect();
+    if v.iter().any(|k| k.dotprod) {
+        v.push(Kernels::neon_without_dotprod());
+    }
+    v
+}
+
+fn exact(w: &Weight, x: &[f32]) -> Vec<f32> {
+    (0..w.rows).map(|r| reference::row(w, r, x)).collect()
+}
+
+/// `sum |w_i x_i|` per row (plus the zero-point terms for INT): the scale of rounding errors.
+fn magnitude(w: &Weight, x: &[f32]) -> Vec<f32> {
+    let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let abs_w = |r: usize| -> Vec<f32> {
+        match w.data {
+            WeightData::Quant(p) => {
+                let mut row = vec![0f32; w.cols];
+                p.dequantize_row(r, &mut row);
+                if !p.format().is_nf() {
+                    // |(q - z) s| <= |q s| + |z s|: bound both terms.
+                    for (g, chunk) in row.chunks_mut(p.layout.group).enumerate() {
+                        if let bd_formats::quant::GroupParams::Int { scale, zero } = p.params(r, g) {
+                            let zs = zero as f32 * scale.to_f32();
+                            chunk.iter_mut().for_each(|v| *v = v.abs() + 2.0 * zs);
+                        }
+                    }
+                }
+                row.iter().map(|v| v.abs()).collect()
+            }
+            WeightData::F32(b) => b[r * w.cols * 4..][..w.cols * 4]
+                .chunks_exact(4)
+                .map(|v| f32::from_le_bytes(v.try_into().unwrap()).abs())
+                .collect(),
+            WeightData::F16(b) => b[r * w.cols * 2..][..w.cols * 2]
+                .chunks_exact(2)
+                .map(|v| f16::from_le_bytes([v[0], v[1]]).to_f32().abs())
+                .collect(),
+            WeightData::Bf16(b) => b[r * w.cols * 2..][..w.cols * 2]
+                .chunks_exact(2)
+                .map(|v| bf16::from_le_bytes([v[0], v[1]]).to_f32().abs())
+                .collect(),
+        }
+    };
+    (0..w.rows).map(|r| abs_w(r).iter().zip(&abs_x).map(|(a, b)| a * b).sum::<f32>() + 1e-30).collect()
+}
+
+/// Per row, the largest error activation rounding can cause: `sum_i |w_i| d_b(i) / 2`.
+fn rounding_bound(w: &Weight, x: &[f32]) -> Vec<f32> {
+    let WeightData::Quant(p) = w.data else { unreachable!() };
+    let half_step: Vec<f32> = x
+        .chunks(128)
+        .flat_map(|b| {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            std::iter::repeat_n(amax / XMAX / 2.0, b.len())
+        })
+        .collect();
+    (0..w.rows)
+        .map(|r| {
+            let mut row = vec![0f32; w.cols];
+            p.dequantize_row(r, &mut row);
+            row.iter().zip(&half_step).map(|(a, h)| a.abs() * h).sum()
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) {
+    for (r, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
+        assert!((g - w).abs() <= rel * m, "{what}: row {r}: got {g}, want {w} (|diff| {} > {rel} * {m})", (g - w).abs());
+    }
+}
+
+fn matvec(k: &Kernels, w: &Weight, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![f32::NAN; w.rows];
+    k.matvec(w, x, &mut y, &mut Scratch::new(w.cols, 1));
+    y
+}
+
+fn twin(w: &Weight, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; w.rows];
+    Kernels::int_twin_matvec(w, x, &mut y);
+    y
+}
+
+#[test]
+fn every_simd_kernel_equals_its_scalar_definition_on_every_format_group_and_shape() {
+    let kernels = simd_kernels();
+    eprintln!("SIMD kernels under test: {:?}", kernels.iter().map(|k| k.describe()).collect::<Vec<_>>());
+    #[cfg(target_arch = "x86_64")]
+    assert!(kernels.iter().any(|k| k.isa() == Isa::Avx2) || !Isa::Avx2.supported());
+    #[cfg(target_arch = "aarch64")]
+    assert!(kernels.iter().any(|k| k.isa() == Isa::Neon && !k.dotprod));
+    let mut rng = Rng(0x5EED);
+    for format in QuantFormat::ALL {
+        for group in GROUP_SIZES {
+            for cols in COLS {
+                for rows in ROWS {
+                    let q = Quant::new(format, group, rows, cols, &rng.weights(rows * cols));
+                    let w = q.weight();
+                    let x = rng.acts(cols);
+                    let mag = magnitude(&w, &x);
+                    let want = if format.is_nf() { exact(&w, &x) } else { twin(&w, &x) };
+                    for k in &kernels {
+                        let what = format!("{} {format} g{group} {rows}x{cols}", k.describe());
+                        assert_close(&what, &matvec(k, &w, &x), &want, &mag, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn float_weights_equal_the_reference() {
+    let kernels = simd_kernels();
+    let mut rng = Rng(7);
+    for cols in COLS.into_iter().chain([15, 17, 31, 33]) {
+        for rows in ROWS.into_iter().chain([4, 5, 8]) {
+            let w32 = rng.weights(rows * cols);
+            let b32: Vec<u8> = w32.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let b16: Vec<u8> = w32.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+            let bb16: Vec<u8> = w32.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+            let x = rng.acts(cols);
+            for data in [WeightData::F32(&b32), WeightData::F16(&b16), WeightData::Bf16(&bb16)] {
+                let w = Weight { rows, cols, data };
+                let (want, mag) = (exact(&w, &x), magnitude(&w, &x));
+                for k in &kernels {
+                    assert_close(&format!("{} {data:?} {rows}x{cols}", k.describe()), &matvec(k, &w, &x), &want, &mag, 1e-5);
+                }
+            }
+        }
+    }
+}
+
+/// The 16-bit activation scheme against the exact f32 dot product: the measured error is far
+/// below the 1e-3 the model-level check allows.
+#[test]
+fn int16_activation_scheme_is_within_its_bound_of_the_exact_dot_product() {
+    let mut rng = Rng(99);
+    let (rows, cols) = (64, 4096);
+    for format in [QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Int4] {
+        for group in GROUP_SIZES {
+            let q = Quant::new(format, group, rows, cols, &rng.weights(rows * cols));
+            let w = q.weight();
+            let x = rng.acts(cols);
+            let (got, want) = (twin(&w, &x), exact(&w, &x));
+            // Normwise relative error over the rows.
+            let num: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+            let rel = (num / den).sqrt();
+            eprintln!("int16 activations, {format} g{group}: normwise relative error {rel:.2e}");
+            assert!(rel < 1e-4, "{format} g{group}: normwise relative error {rel:e}");
+            // Per row, bounded by half a rounding step per activation.
+            let mag = magnitude(&w, &x);
+            assert_close(&format!("{format} g{group} rowwise"), &got, &want, &mag, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn extreme_values() {
+    let kernels = simd_kernels();
+    let mut rng = Rng(3);
+    for format in QuantFormat::ALL {
+        for group in [16, 128, 256] {
+            let (rows, cols) = (9, 300);
+            // Row 0 all zero, row 1 constant, row 2 huge spread, others random.
+            let mut wv = rng.weights(rows * cols);
+            wv[..cols].fill(0.0);
+            wv[cols..2 * cols].fill(0.5);
+            for (i, v) in wv[2 * cols..3 * cols].iter_mut().enumerate() {
+                *v = if i % 2 == 0 { 60000.0 } else { -60000.0 * (i as f32 / cols as f32) };
+            }
+            let q = Quant::new(format, group, rows, cols, &wv);
+            let w = q.weight();
+            let inputs: Vec<Vec<f32>> = vec![
+                vec![0.0; cols],
+                rng.acts(cols).iter().map(|v| v * 1e4).collect(),
+                rng.acts(cols).iter().map(|v| v * 1e-20).collect(),
+                (0..cols).map(|i| if i == 77 { 1e6 } else { 1.0 }).collect(),
+                (0..cols).map(|i| if i % 3 == 0 { -XMAX } else { XMAX }).collect(),
+            ];
+            for x in &inputs {
+                let mag = magnitude(&w, x);
+                let want = if format.is_nf() { exact(&w, x) } else { twin(&w, x) };
+                for k in &kernels {
+                    assert_close(&format!("{} {format} g{group} extreme", k.describe()), &matvec(k, &w, x), &want, &mag, 1e-5);
+                }
+                if !format.is_nf() {
+                    let bound: Vec<f32> = rounding_bound(&w, x).iter().zip(&mag).map(|(b, m)| 1.001 * b + 1e-5 * m).collect();
+                    assert_close(&format!("twin {format} g{group} extreme"), &want, &exact(&w, x), &bound, 1.0);
+                }
+            }
+        }
+    }
+}
+
+/// Arbitrary bytes in the code, zero and padding fields (max codes included) with finite scales:
+/// the kernels must read exactly what the format defines and ignore the padding.
+#[test]
+fn arbitrary_codes_and_zero_points() {
+    let kernels = simd_kernels();
+    let mut rng = Rng(11);
+    for format in QuantFormat::ALL {
+        for group in GROUP_SIZES {
+            for (rows, cols) in [(5, 129), (4, 300), (2, 1000)] {
+                let layout = PackedLayout::new(format, group, rows, cols).unwrap();
+                let mut blob: Vec<u8> = (0..layout.len).map(|_| rng.next() as u8).collect();
+                for (i, c) in blob[..layout.scales_offset].iter_mut().enumerate() {
+                    if i % 7 == 0 {
+                        *c = 0xFF; // max codes
+                    }
+                }
+                let nscales = rows * layout.row_scale_bytes / 2;
+                for i in 0..nscales {
+                    let s = f16::from_f32(0.001 + 0.1 * rng.uniform()).to_le_bytes();
+                    blob[layout.scales_offset + 2 * i..][..2].copy_from_slice(&s);
+                }
+                let w = Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, &blob).unwrap()) };
+                let x = rng.acts(cols);
+                let mag = magnitude(&w, &x);
+                let want = if format.is_nf() { exact(&w, &x) } else { twin(&w, &x) };
+                for k in &kernels {
+                    assert_close(
+                        &format!("{} {format} g{group} {rows}x{cols} arbitrary", k.describe()),
+                        &matvec(k, &w, &x),
+                        &want,
+                        &mag,
+                        1e-5,
+                    );
+                }
+                if !format.is_nf() {
+                    assert_close(&format!("twin {format} g{group} arbitrary"), &want, &exact(&w, &x), &mag, 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_equals_n_matvecs_and_batches_split() {
+    let mut kernels = simd_kernels();
+    kernels.push(Kernels::with_isa(Isa::Reference));
+    let mut rng = Rng(5);
+    for format in QuantFormat::ALL {
+        for (rows, cols, group) in [(17, 300, 32), (8, 4096, 128), (5, 129, 256), (3, 64, 16)] {
+            let q = Quant::new(format, group, rows, cols, &rng.weights(rows * cols));
+            let w = q.weight();
+            let b32: Vec<u8> = rng.weights(rows * cols).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let wf = Weight { rows, cols, data: WeightData::F32(&b32) };
+            for n in [1, 2, 3, 4, 5, 9, 13] {
+                let x = rng.acts(n * cols);
+                for w in [&w, &wf] {
+                    for k in &kernels {
+                        // Batches of 3 force the split into several passes.
+                        for batch in [n, 3] {
+                            let mut y = vec![f32::NAN; n * rows];
+                            k.matmul(w, &x, n, &mut y, &mut Scratch::new(cols, batch));
+                            for i in 0..n {
+                                let xi = &x[i * cols..(i + 1) * cols];
+                                let want = matvec(k, w, xi);
+                                let mag = magnitude(w, xi);
+                                let what = format!("{} {format} {rows}x{cols} n={n} batch={batch} input {i}", k.describe());
+                                assert_close(&what, &y[i * rows..(i + 1) * rows], &want, &mag, 1e-6);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng(21);
+    let (rows, cols, n) = (203, 1000, 6);
+    let q = Quant::new(QuantFormat::Int2, 64, rows, cols, &rng.weights(rows * cols));
+    let q3 = Quant::new(QuantFormat::Nf3, 128, rows, cols, &rng.weights(rows * cols));
+    let x = rng.acts(n * cols);
+    for k in Kernels::available().into_iter().map(Kernels::with_isa) {
+        for w in [q.weight(), q3.weight()] {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut scratch = Scratch::new(cols, n);
+                let mut y = vec![0f32; n * rows];
+                let mut y1 = vec![0f32; rows];
+                pool.install(|| {
+                    k.matmul(&w, &x, n, &mut y, &mut scratch);
+                    k.matvec(&w, &x[..cols], &mut y1, &mut scratch);
+                });
+                (y, y1)
+            };
+            let one = run(1);
+            for t in [2, 3] {
+                assert_eq!(run(t), one, "{} with {t} threads", k.describe());
+            }
+        }
+    }
+}
+
+#[test]
+fn scratch_is_reused_without_growing() {
+    let mut rng = Rng(8);
+    let (rows, cols) = (16, 512);
+    let q = Quant::new(QuantFormat::Int3, 32, rows, cols, &rng.weights(rows * cols));
+    let w = q.weight();
+    let mut scratch = Scratch::new(cols, 4);
+    let before = (scratch.act.xq.capacity(), scratch.act.dseg.capacity(), scratch.act.gx.capacity(), scratch.act.hi.capacity());
+    let k = Kernels::detect();
+    let x = rng.acts(4 * cols);
+    let mut y = vec![0f32; 4 * rows];
+    for _ in 0..3 {
+        k.matmul(&w, &x, 4, &mut y, &mut scratch);
+        k.matvec(&w, &x[..cols], &mut y[..rows], &mut scratch);
+    }
+    let after = (scratch.act.xq.capacity(), scratch.act.dseg.capacity(), scratch.act.gx.capacity(), scratch.act.hi.capacity());
+    if !k.dotprod {
+        assert_eq!(before, after);
+    }
+    let _ = ActBuf::new(1, 1);
+}
+
+#[test]
+fn bd_kernels_setting() {
+    let best = *Kernels::available().last().unwrap();
+    assert_eq!(Kernels::from_setting(None).0.isa(), best);
+    assert_eq!(Kernels::from_setting(Some("")).0.isa(), best);
+    assert_eq!(Kernels::from_setting(Some("reference")), (Kernels::with_isa(Isa::Reference), None));
+    let (k, warn) = Kernels::from_setting(Some("sse9"));
+    assert_eq!(k.isa(), Isa::Reference);
+    assert!(warn.unwrap().contains("sse9"));
+    for isa in Isa::ALL {
+        let (k, warn) = Kernels::from_setting(Some(isa.name()));
+        if isa.supported() {
+            assert_eq!((k.isa(), warn), (isa, None));
+        } else {
+            assert_eq!(k.isa(), Isa::Reference);
+            assert!(warn.unwrap().contains("not supported"));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(Kernels::available().contains(&Isa::Avx2) || !is_x86_feature_detected!("avx2"));
+    #[cfg(target_arch = "aarch64")]
+    assert!(Kernels::available().contains(&Isa::Neon));
+}
+
+/// Compute rate of the INT kernels on an L1/L2-resident matrix (no activation quantization):
+/// `cargo test -p bd-runtime --release --lib kernels::tests::kernel_compute_rate -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn kernel_compute_rate() {
+    let mut rng = Rng(1);
+    for (rows, cols) in [(16usize, 4096usize), (256, 4096)] {
+        for format in [QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Int4] {
+            let q = Quant::new(format, 128, rows, cols, &rng.weights(rows * cols));
+            let w = q.weight();
+            let WeightData::Quant(p) = w.data else { unreachable!() };
+            let x = rng.acts(cols);
+            let mut buf = ActBuf::new(cols, 1);
+            let act = buf.quantize(&x, 1, cols, 128, true);
+            let mut y = vec![0f32; rows];
+            for k in simd_kernels() {
+                let iters = (1usize << 28) / (rows * cols);
+                let mut best = f64::MAX;
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        unsafe { k.int_rows(&p, &act, 0, 1, 0, rows, OutPtr(y.as_mut_ptr()), rows) };
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / iters as f64);
+                }
+                eprintln!("{} {format} g128 {rows}x{cols}: {:.4} ns/weight", k.describe(), best * 1e9 / (rows * cols) as f64);
+            }
+        }
+    }
+}

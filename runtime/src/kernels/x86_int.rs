@@ -1,0 +1,398 @@
+//! x86 kernels for the INT formats: AVX2, and AVX-512 (VL + VNNI) with `vpdpbusd`.
+//!
+//! Both multiply the codes, unpacked to bytes, with the two signed bytes of each 16-bit
+//! activation (`X = 256 * hi + lo`, see [`super::act`]). Unpacking stays in bytes (32 weights per
+//! 256-bit register; 16-bit lanes would take twice the shifts and masks): one 32-byte code lane
+//! holds 4 fields, and field `j` (`(lane >> 2j) & 3` for int2) is weights `32j..32j+31` of the
+//! chunk, in the order the activations are stored.
+//!
+//! - AVX-512: `vpdpbusd` (u8 codes x s8 planes, 4 products per 32-bit lane) into a `hi` and a
+//!   `lo` accumulator; per segment `S = (hi << 8) + lo`.
+//! - AVX2: `vpmaddubsw` into 16-bit sums (at most 4 fields per segment: no overflow), widened
+//!   once per segment by `vpmaddwd` with 256 and 1.
+//!
+//! Measured on Zen 4, 256-bit operations cost half of 512-bit ones and `vpdpbusd ymm` runs two per
+//! cycle, so these kernels use 256-bit registers on both ISAs (the AVX-512 build gets 32 of them
+//! and `vpdpbusd`). Each segment's integer sum becomes f32 once (`y += (s * d) * S`); the zero
+//! points are applied once per group, 8 groups at a time.
+
+use super::act::{segs_per_chunk, ActQ};
+use bd_formats::quant::{PackedMatrix, CHUNK};
+use std::arch::x86_64::*;
+use std::array::from_fn;
+
+/// Chunks per window: the factors of a window's segments are computed before its chunks.
+const WCH: usize = 16;
+/// Segments per window at most (8 per chunk when G = 16).
+const WSEG: usize = WCH * 8;
+/// Largest rows x inputs tile.
+const MAX_TILE: usize = 8;
+
+fn chunk_bytes(bits: u32) -> usize {
+    [0, 0, 32, 48, 64][bits as usize]
+}
+
+/// Read 8 bytes little-endian at `p`; past `end` (the end of the blob) read zeros.
+#[inline(always)]
+pub(super) unsafe fn load_le(p: *const u8, end: *const u8) -> u64 {
+    if p.add(8) <= end {
+        (p as *const u64).read_unaligned()
+    } else {
+        let mut b = [0u8; 8];
+        std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), end.offset_from(p) as usize);
+        u64::from_le_bytes(b)
+    }
+}
+
+/// Rows `r0..r1`, inputs `k0..k1` of `act` (which must carry the byte planes): `y[k * ys + r]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn int_rows(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+    vnni: bool,
+) {
+    type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
+    macro_rules! pick {
+        ($b:literal, $s:literal) => {
+            if vnni {
+                rows_vnni::<$b, $s> as F
+            } else {
+                rows_avx2::<$b, $s> as F
+            }
+        };
+    }
+    let f = match (p.format().bits(), segs_per_chunk(p.layout.group)) {
+        (2, 1) => pick!(2, 1),
+        (2, 2) => pick!(2, 2),
+        (2, 4) => pick!(2, 4),
+        (2, 8) => pick!(2, 8),
+        (3, 1) => pick!(3, 1),
+        (3, 2) => pick!(3, 2),
+        (3, 4) => pick!(3, 4),
+        (3, 8) => pick!(3, 8),
+        (4, 1) => pick!(4, 1),
+        (4, 2) => pick!(4, 2),
+        (4, 4) => pick!(4, 4),
+        (4, 8) => pick!(4, 8),
+        other => unreachable!("INT format / segments {other:?}"),
+    };
+    f(p, act, k0, k1, r0, r1, y, ys)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avx2<const B: u32, const SEGS: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    rows_impl::<B, SEGS, false>(p, act, k0, k1, r0, r1, y, ys)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    rows_impl::<B, SEGS, true>(p, act, k0, k1, r0, r1, y, ys)
+}
+
+/// Tiles: 4 rows x 1 input (one activation load serves 4 rows) and, for several inputs, 2 rows x
+/// 4 inputs with 32 registers (AVX-512) or 1 row x 4 inputs with 16 (AVX2), so each unpacked code
+/// register serves 4 inputs. Inputs are the outer loop: 4 inputs' activations stay in L1 while
+/// the rows stream by.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let mut fbuf = [0f32; MAX_TILE * WSEG];
+    let mut k = k0;
+    while k + 4 <= k1 {
+        let mut r = r0;
+        if VNNI {
+            while r + 2 <= r1 {
+                block::<B, SEGS, 2, 4, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+                r += 2;
+            }
+        }
+        while r < r1 {
+            block::<B, SEGS, 1, 4, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            r += 1;
+        }
+        k += 4;
+    }
+    while k < k1 {
+        let mut r = r0;
+        while r + 4 <= r1 {
+            block::<B, SEGS, 4, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            r += 4;
+        }
+        while r < r1 {
+            block::<B, SEGS, 1, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            r += 1;
+        }
+        k += 1;
+    }
+}
+
+/// One chunk of one row: the code lane (and the int4 second lane, or the int3 high plane
+/// broadcast to both halves).
+#[inline(always)]
+unsafe fn load_raw<const B: u32>(p: *const u8) -> [__m256i; 2] {
+    let lo = _mm256_loadu_si256(p as *const __m256i);
+    let hi = match B {
+        3 => _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i)),
+        4 => _mm256_loadu_si256(p.add(32) as *const __m256i),
+        _ => _mm256_setzero_si256(),
+    };
+    [lo, hi]
+}
+
+#[inline(always)]
+unsafe fn field2(w: __m256i, j: usize) -> __m256i {
+    let m3 = _mm256_set1_epi8(3);
+    match j {
+        0 => _mm256_and_si256(w, m3),
+        1 => _mm256_and_si256(_mm256_srli_epi16::<2>(w), m3),
+        2 => _mm256_and_si256(_mm256_srli_epi16::<4>(w), m3),
+        _ => _mm256_and_si256(_mm256_srli_epi16::<6>(w), m3),
+    }
+}
+
+/// The codes of weights `32j..32j+31` of a chunk, one per byte.
+#[inline(always)]
+unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256i {
+    match B {
+        2 => field2(raw[0], j),
+        4 => {
+            let m15 = _mm256_set1_epi8(15);
+            match j {
+                0 => _mm256_and_si256(raw[0], m15),
+                1 => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[0]), m15),
+                2 => _mm256_and_si256(raw[1], m15),
+                _ => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[1]), m15),
+            }
+        }
+        _ => {
+            // High bit of weight 32j + i: bit 2j of high byte i (i < 16), bit 2j + 1 of byte
+            // i - 16 (i >= 16), moved to bit 2. Shifting 32-bit lanes by at most 5 right or 2
+            // left never carries a neighbouring byte's bit into bit 2.
+            let h = raw[1];
+            let hs = match j {
+                0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1)),
+                1 => _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
+                2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
+                _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5)),
+            };
+            _mm256_or_si256(field2(raw[0], j), _mm256_and_si256(hs, _mm256_set1_epi8(4)))
+        }
+    }
+}
+
+/// Add the products of codes `u` (u8) with one activation plane `s` (s8) to `acc`: 32-bit lanes
+/// with VNNI, 16-bit lanes (widened per segment) without.
+#[inline(always)]
+unsafe fn dot<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(acc, u, s)
+    } else {
+        _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
+    }
+}
+
+/// `256 * hi + lo` of a segment's accumulators, as 32-bit lanes.
+#[inline(always)]
+unsafe fn combine<const VNNI: bool>(hi: __m256i, lo: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_add_epi32(_mm256_slli_epi32::<8>(hi), lo)
+    } else {
+        _mm256_add_epi32(_mm256_madd_epi16(hi, _mm256_set1_epi16(256)), _mm256_madd_epi16(lo, _mm256_set1_epi16(1)))
+    }
+}
+
+/// 8 f16 values from `p` as f32, lanes `avail..` zero (`end`: the end of the blob, which bytes
+/// past a row's own values may be read up to).
+#[inline(always)]
+unsafe fn load_f16x8(p: *const u16, avail: usize, end: *const u8) -> __m256 {
+    let v = if (p as *const u8).add(16) <= end {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    } else {
+        let mut b = [0u16; 8];
+        std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), avail.min(8));
+        _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr() as *const __m128i))
+    };
+    if avail >= 8 {
+        v
+    } else {
+        let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(avail as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_and_ps(v, _mm256_castsi256_ps(keep))
+    }
+}
+
+/// Scales of segments `seg..seg+8`, zero past the row's groups.
+#[inline(always)]
+unsafe fn seg_scales(sc: *const u16, groups: usize, chunks_per_group: usize, seg: usize, end: *const u8) -> __m256 {
+    if chunks_per_group == 2 {
+        // G = 256: segments are chunks, two per group.
+        let g = seg / 2;
+        let s = load_f16x8(sc.add(g), groups.saturating_sub(g).min(4), end);
+        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3))
+    } else {
+        load_f16x8(sc.add(seg), groups.saturating_sub(seg), end)
+    }
+}
+
+/// 8 f32 zero points of groups `g..g+8` from a row's packed `B`-bit zero stream (lanes past the
+/// row's groups hold whatever follows; callers zero their scales).
+#[inline(always)]
+unsafe fn zeros8<const B: u32>(z: *const u8, g: usize, end: *const u8) -> __m256 {
+    let u = load_le(z.add(g * B as usize / 8), end) as u32;
+    let b = B as i32;
+    let sh = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 4 * b, 5 * b, 6 * b, 7 * b);
+    let q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(u as i32), sh), _mm256_set1_epi32((1 << B) - 1));
+    _mm256_cvtepi32_ps(q)
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// `R` rows from `r0`, `C` inputs from `k0`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize, const VNNI: bool>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    r0: usize,
+    k0: usize,
+    y: *mut f32,
+    ys: usize,
+    fbuf: &mut [f32; MAX_TILE * WSEG],
+) {
+    let l = &p.layout;
+    let nch = l.padded_cols() / CHUNK;
+    let cb = chunk_bytes(B);
+    let base = p.bytes().as_ptr();
+    let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
+    let scales: [*const u16; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes) as *const u16);
+    let zeros: [*const u8; R] = from_fn(|r| base.add(l.zeros_offset + (r0 + r) * l.row_zero_bytes));
+    let xh: [*const i8; C] = from_fn(|k| act.hi(k0 + k).as_ptr());
+    let xl: [*const i8; C] = from_fn(|k| act.lo(k0 + k).as_ptr());
+    let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
+    let gx: [*const f32; C] = from_fn(|k| act.gx(k0 + k).as_ptr());
+    let cpg = (l.group / CHUNK).max(1);
+    let fb = fbuf.as_mut_ptr();
+    let end = base.add(l.len);
+
+    let mut facc = [[_mm256_setzero_ps(); C]; R];
+    let mut w0 = 0;
+    while w0 < nch {
+        let wn = WCH.min(nch - w0);
+        // Factors s * d of this window's segments, and its groups' zero-point terms.
+        let (seg0, nseg) = (w0 * SEGS, wn * SEGS);
+        let (g_lo, g_hi) = if SEGS == 1 { (w0 / cpg, (w0 + wn).div_ceil(cpg)) } else { (seg0, seg0 + nseg) };
+        let g_hi = g_hi.min(l.groups);
+        for r in 0..R {
+            let mut s = 0;
+            while s < nseg {
+                let sv = seg_scales(scales[r], l.groups, cpg, seg0 + s, end);
+                for k in 0..C {
+                    let d = _mm256_loadu_ps(dseg[k].add(seg0 + s));
+                    _mm256_storeu_ps(fb.add((r * C + k) * WSEG + s), _mm256_mul_ps(sv, d));
+                }
+                s += 8;
+            }
+            let mut g = g_lo;
+            while g < g_hi {
+                let sv = load_f16x8(scales[r].add(g), g_hi - g, end);
+                let sz = _mm256_mul_ps(sv, zeros8::<B>(zeros[r], g, end));
+                for k in 0..C {
+                    facc[r][k] = _mm256_fnmadd_ps(sz, _mm256_loadu_ps(gx[k].add(g)), facc[r][k]);
+                }
+                g += 8;
+            }
+        }
+        for c in 0..wn {
+            let cc = w0 + c;
+            let mut raw = [[_mm256_setzero_si256(); 2]; R];
+            for r in 0..R {
+                raw[r] = load_raw::<B>(codes[r].add(cc * cb));
+            }
+            let mut ah = [[_mm256_setzero_si256(); C]; R];
+            let mut al = [[_mm256_setzero_si256(); C]; R];
+            for j in 0..4 {
+                let mut f = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    f[r] = field::<B>(&raw[r], j);
+                }
+                for k in 0..C {
+                    let off = cc * CHUNK + 32 * j;
+                    let h = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
+                    let lo = _mm256_loadu_si256(xl[k].add(off) as *const __m256i);
+                    for r in 0..R {
+                        ah[r][k] = dot::<VNNI>(ah[r][k], f[r], h);
+                        al[r][k] = dot::<VNNI>(al[r][k], f[r], lo);
+                    }
+                }
+                let ends = match SEGS {
+                    1 => j == 3,
+                    2 => j % 2 == 1,
+                    _ => true,
+                };
+                if ends {
+                    for r in 0..R {
+                        for k in 0..C {
+                            let fp = fb.add((r * C + k) * WSEG + c * SEGS);
+                            let fv = if SEGS == 8 {
+                                // Lanes 0-3 hold weights 32j..32j+15 (group 2j of the chunk).
+                                let two = _mm_castpd_ps(_mm_load_sd(fp.add(2 * j) as *const f64));
+                                _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+                            } else {
+                                _mm256_broadcast_ss(&*fp.add(j * SEGS / 4))
+                            };
+                            let s = _mm256_cvtepi32_ps(combine::<VNNI>(ah[r][k], al[r][k]));
+                            facc[r][k] = _mm256_fmadd_ps(s, fv, facc[r][k]);
+                            ah[r][k] = _mm256_setzero_si256();
+                            al[r][k] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+        }
+        w0 += wn;
+    }
+    for r in 0..R {
+        for k in 0..C {
+            *y.add((k0 + k) * ys + r0 + r) = hsum(facc[r][k]);
+        }
+    }
+}
