@@ -77,7 +77,7 @@ fn main() {
         }
     }
 
-    let buf = read_probe_buffer(READ_PROBE_BYTES);
+    let buf = read_probe_buffer(read_probe_bytes());
     let mut group = c.benchmark_group("read_bandwidth");
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes((buf.len() * 8) as u64));

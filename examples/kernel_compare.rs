@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     eprintln!("{}", describe_machine());
 
     let pools: HashMap<usize, _> = o.threads.iter().map(|&t| (t, thread_pool(t))).collect();
-    let probe = o.wheres.contains(&Where::Dram).then(|| read_probe_buffer(READ_PROBE_BYTES));
+    let probe = o.wheres.contains(&Where::Dram).then(|| read_probe_buffer(read_probe_bytes()));
     let mut bw_samples: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut errors: Vec<(String, String, f64)> = Vec::new();
@@ -187,11 +187,11 @@ fn main() -> ExitCode {
         bw_samples.into_iter().map(|(t, mut s)| (t, median(&mut s), s.iter().copied().fold(f64::INFINITY, f64::min))).collect();
     bw.sort_by_key(|b| b.0);
     for &(t, sec, best) in &bw {
-        let bytes = (READ_PROBE_BYTES / 8 * 8) as f64;
+        let bytes = (read_probe_bytes() / 8 * 8) as f64;
         rows.push(Row {
             best_ns_per_weight: best * 1e9 / bytes,
             kernel: "read_bandwidth".into(),
-            shape: format!("stream_{}MiB", READ_PROBE_BYTES >> 20),
+            shape: format!("stream_{}MiB", read_probe_bytes() >> 20),
             threads: t,
             where_: "dram",
             ns_per_weight: sec * 1e9 / bytes,

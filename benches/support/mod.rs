@@ -34,18 +34,49 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Last-level cache of the benchmark machine (AMD EPYC Zen 4 VM: 32 MiB L3).
-pub const L3_BYTES: usize = 32 << 20;
-/// Each DRAM set is at least this large: more than 4x the L3, so every product misses it.
-pub const DRAM_SET_BYTES: usize = 4 * L3_BYTES + L3_BYTES / 2;
+/// Last-level cache assumed when sysfs does not say (the benchmark machine's: 32 MiB L3).
+pub const DEFAULT_L3_BYTES: usize = 32 << 20;
+
+/// This machine's last-level cache (`/sys/devices/system/cpu/cpu0/cache/index*/size` of the
+/// highest level), or [`DEFAULT_L3_BYTES`].
+pub fn llc_bytes() -> usize {
+    let mut best: Option<(u32, usize)> = None;
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok().map(|s| s.trim().to_string());
+        let (Some(level), Some(size)) = (read("level"), read("size")) else { continue };
+        let Ok(level) = level.parse::<u32>() else { continue };
+        let bytes = match size.strip_suffix('K') {
+            Some(k) => k.parse::<usize>().ok().map(|k| k << 10),
+            None => match size.strip_suffix('M') {
+                Some(m) => m.parse::<usize>().ok().map(|m| m << 20),
+                None => size.parse::<usize>().ok(),
+            },
+        };
+        if let Some(bytes) = bytes {
+            if best.map_or(true, |(l, _)| level > l) {
+                best = Some((level, bytes));
+            }
+        }
+    }
+    best.map(|b| b.1).unwrap_or(DEFAULT_L3_BYTES)
+}
+
+/// Each DRAM set is at least this large: 4.5x the last-level cache (144 MiB for 32 MiB), so every
+/// product misses it.
+pub fn dram_set_bytes() -> usize {
+    llc_bytes() * 9 / 2
+}
 /// Products per timed call when one matrix stays in cache.
 pub const CACHE_REPS: usize = 8;
 /// The issue's shapes, `(rows, cols)`: LLaMA-7B's square projections and its MLP up/gate.
 pub const SHAPES: [(usize, usize); 2] = [(4096, 4096), (11008, 4096)];
 /// Group size of our formats in the comparison.
 pub const GROUP: usize = 128;
-/// Bytes the bandwidth probe streams per pass (8x the L3).
-pub const READ_PROBE_BYTES: usize = 256 << 20;
+/// Bytes the bandwidth probe streams per pass (at least 8x the last-level cache; 256 MiB here).
+pub fn read_probe_bytes() -> usize {
+    (llc_bytes() * 8).max(256 << 20)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Where {
@@ -288,7 +319,7 @@ fn plan(where_: Where, matrix_bytes: usize) -> (usize, usize) {
     match where_ {
         Where::Cache => (1, CACHE_REPS),
         Where::Dram => {
-            let copies = DRAM_SET_BYTES.div_ceil(matrix_bytes).max(2);
+            let copies = dram_set_bytes().div_ceil(matrix_bytes).max(2);
             (copies, copies)
         }
     }
@@ -672,10 +703,13 @@ fn sum_u64(x: &[u64]) -> u64 {
 /// The kernel ISA ours run with, and what ggml was compiled with.
 pub fn describe_machine() -> String {
     format!(
-        "ours: {} kernels (Kernels::detect); ggml built with: {}; candle pool: CANDLE_NUM_THREADS={}",
+        "ours: {} kernels (Kernels::detect); ggml built with: {}; candle pool: CANDLE_NUM_THREADS={}; \
+         last-level cache {} MiB, DRAM sets >= {} MiB",
         Kernels::detect().describe(),
         bd_ggml::build_features(),
-        std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "default".into())
+        std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "default".into()),
+        llc_bytes() >> 20,
+        dram_set_bytes() >> 20
     )
 }
 

@@ -5,7 +5,8 @@
 //! For each format (group 128) and shape (4096x4096, 11008x4096), 1 and 2 threads:
 //! - cache: the same matrix again and again (4096x4096 int2 is 4.4 MB: L3);
 //! - l2: a 256-row slice of it again and again (fits the 1 MB L2);
-//! - dram: a set of copies totalling more than 64 MiB, cycled through.
+//! - dram: a set of copies totalling more than 64 MiB, cycled through;
+//! - mm64 (with `--where matmul`): `matmul` of 64 inputs on the cached matrix, per weight and input.
 //!
 //! Prints ns per weight (per core: time x threads / weights) and GB/s of weight bytes read, next
 //! to the machine's streaming read bandwidth (sum over a 1 GiB buffer).
@@ -70,22 +71,39 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
     v[3]
 }
 
+/// 32 independent lanes so the loop vectorizes and is limited by memory, not by adds.
+#[inline(always)]
+fn sum_lanes(s: &[u64]) -> u64 {
+    let mut a = [0u64; 32];
+    for c in s.chunks_exact(32) {
+        for (x, y) in a.iter_mut().zip(c) {
+            *x = x.wrapping_add(*y);
+        }
+    }
+    a.iter().fold(0u64, |m, v| m.wrapping_add(*v))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(s: &[u64]) -> u64 {
+    sum_lanes(s)
+}
+
 fn stream_bandwidth(threads: usize) -> f64 {
     let n = 1usize << 27; // 1 GiB of u64
     let buf: Vec<u64> = (0..n as u64).collect();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let sum = |s: &[u64]| {
-        s.chunks(8).fold([0u64; 8], |mut a, c| {
-            for (x, y) in a.iter_mut().zip(c) {
-                *x = x.wrapping_add(*y);
-            }
-            a
-        })
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return unsafe { sum_avx2(s) };
+        }
+        sum_lanes(s)
     };
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        let parts: Vec<[u64; 8]> = pool.install(|| {
+        let parts: Vec<u64> = pool.install(|| {
             use rayon::prelude::*;
             buf.par_chunks(n / threads).map(sum).collect()
         });
@@ -98,6 +116,7 @@ fn stream_bandwidth(threads: usize) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+
     CPU_TIME.store(args.iter().any(|a| a == "--cpu-time"), std::sync::atomic::Ordering::Relaxed);
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let kernels = match arg("--isa") {
@@ -140,7 +159,10 @@ fn main() {
             for &threads in &thread_counts {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let bw = if threads == 1 { bw1 } else { bw2 };
-                let place_ok = |p: &str| arg("--where").is_none_or(|w| w.split(',').any(|x| x == p));
+                let place_ok = |p: &str| match arg("--where") {
+                    None => true,
+                    Some(w) => w.split(',').any(|x| x == p),
+                };
                 let report = |place: &str, secs: f64, weights: usize, bytes: usize| {
                     let gbs = bytes as f64 / secs / 1e9;
                     println!(
@@ -165,6 +187,15 @@ fn main() {
                     if place_ok("cache") {
                         let s = time(budget, || kernels.matvec(&w0, &x, &mut y, &mut scratch));
                         report("cache", s, rows * cols, layout.len);
+                    }
+                    if place_ok("matmul") {
+                        // Prefill: 64 inputs at once; ns per weight and input.
+                        let n = 64;
+                        let xs: Vec<f32> = (0..n).flat_map(|_| x.iter().copied()).collect();
+                        let mut ys = vec![0f32; n * rows];
+                        let mut big = Scratch::new(cols, n);
+                        let s = time(budget, || kernels.matmul(&w0, &xs, n, &mut ys, &mut big));
+                        report("mm64", s, n * rows * cols, n * layout.len);
                     }
                     if !place_ok("dram") {
                         return;

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod error;
+pub mod ffi;
 pub mod generate;
 pub mod info;
 pub mod kernels;

@@ -44,6 +44,11 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// The vocabulary entry of `id` (`"<0xE2>"`, `"▁the"`), if the tokenizer has one.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Text of `ids`, special tokens (BOS, EOS) left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| RuntimeError::Tokenizer(format!("cannot decode: {e}")))

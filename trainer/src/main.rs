@@ -80,8 +80,9 @@ enum Command {
         /// Seed for the document shuffle and the token subsample.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Calibration blocks per forward pass.
-        #[arg(long, default_value_t = 4)]
+        /// Calibration blocks per forward pass (more is faster on small models, but holds
+        /// `batch x heads x block^2` attention scores at once).
+        #[arg(long, default_value_t = 1)]
         batch: usize,
         /// Output clip file (written atomically).
         #[arg(long)]

@@ -37,7 +37,7 @@ fn blocks_follow_the_recipe_and_the_seed() {
     // Every document starts with BOS, so the first block does.
     assert_eq!(blocks[0][0], 1);
     let bos = blocks.iter().flatten().filter(|&&t| t == 1).count();
-    assert!(bos >= 25 && bos <= 30);
+    assert!((25..=30).contains(&bos));
     // Same seed, same blocks; another seed, another order.
     assert_eq!(calibration_blocks(&tok, 1, &with_long, &opts).unwrap().0, blocks);
     assert_ne!(calibration_blocks(&tok, 1, &with_long, &CalibOptions { seed: 6, ..opts.clone() }).unwrap().0, blocks);

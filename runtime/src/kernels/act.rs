@@ -24,6 +24,7 @@
 
 use super::reference::decode_chunk;
 use bd_formats::quant::{GroupParams, PackedMatrix, CHUNK};
+use rayon::prelude::*;
 
 /// Largest magnitude of a quantized activation.
 pub(crate) const XMAX: f32 = 32639.0;
@@ -51,7 +52,7 @@ pub(crate) struct ActBuf {
     pub xq: Vec<i16>,
     pub dseg: Vec<f32>,
     pub gx: Vec<f32>,
-    /// High and low signed bytes of `xq` (filled only for kernels that ask for them).
+    /// High and low signed bytes of `xq`.
     pub hi: Vec<i8>,
     pub lo: Vec<i8>,
     pub cap_cols: usize,
@@ -102,13 +103,13 @@ impl ActBuf {
     pub fn new(cap_cols: usize, cap_n: usize) -> Self {
         let mut b =
             Self { xq: Vec::new(), dseg: Vec::new(), gx: Vec::new(), hi: Vec::new(), lo: Vec::new(), cap_cols: 0, cap_n: 0 };
-        b.reserve(cap_cols, cap_n, true);
+        b.reserve(cap_cols, cap_n);
         b
     }
 
     /// Make room for `n` inputs of `cols` values (allocates only when the session's sizes are
-    /// exceeded, or the first time byte planes are asked for).
-    pub fn reserve(&mut self, cols: usize, n: usize, planes: bool) {
+    /// exceeded).
+    pub fn reserve(&mut self, cols: usize, n: usize) {
         let (cols, n) = (cols.max(self.cap_cols).max(1), n.max(self.cap_n).max(1));
         // Segments and groups are at most one per 16 columns.
         let (pcols, sstride, _) = strides(cols, 16);
@@ -119,7 +120,7 @@ impl ActBuf {
             self.dseg.resize(n * sstride, 0.0);
             self.gx.resize(n * sstride, 0.0);
         }
-        if planes && self.hi.len() < n * pcols {
+        if self.hi.len() < n * pcols {
             self.hi.resize(n * pcols, 0);
             self.lo.resize(n * pcols, 0);
         }
@@ -128,32 +129,46 @@ impl ActBuf {
     }
 
     /// Quantize `n` inputs (`x` is `[n][cols]`) for a matrix with group size `group`.
-    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize, group: usize, planes: bool) -> ActQ<'_> {
+    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize, group: usize) -> ActQ<'_> {
         assert_eq!(x.len(), n * cols);
-        self.reserve(cols, n, planes);
+        self.reserve(cols, n);
         let (pcols, sstride, gstride) = strides(cols, group);
-        for k in 0..n {
+        let one = |k: usize, xq: &mut [i16], dseg: &mut [f32], gx: &mut [f32], hi: &mut [i8], lo: &mut [i8]| {
             let xk = &x[k * cols..(k + 1) * cols];
-            let xq = &mut self.xq[k * pcols..(k + 1) * pcols];
-            let dseg = &mut self.dseg[k * sstride..(k + 1) * sstride];
-            let gx = &mut self.gx[k * gstride..(k + 1) * gstride];
-            quantize_one(xk, group, xq, dseg, gx);
-            if planes {
-                let (hi, lo) = (&mut self.hi[k * pcols..(k + 1) * pcols], &mut self.lo[k * pcols..(k + 1) * pcols]);
-                for ((h, l), &v) in hi.iter_mut().zip(lo.iter_mut()).zip(xq.iter()) {
-                    let v = v as i32;
-                    let hv = (v + 128) >> 8;
-                    *h = hv as i8;
-                    *l = (v - 256 * hv) as i8;
-                }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // The same code compiled for AVX2 (identical results: no operation is fused).
+                return unsafe { quantize_one_avx2(xk, group, xq, dseg, gx, hi, lo) };
+            }
+            quantize_one(xk, group, xq, dseg, gx, hi, lo)
+        };
+        let (xq, dseg, gx) = (&mut self.xq[..n * pcols], &mut self.dseg[..n * sstride], &mut self.gx[..n * gstride]);
+        let (hi, lo) = (&mut self.hi[..n * pcols], &mut self.lo[..n * pcols]);
+        if n >= 8 && rayon::current_num_threads() > 1 {
+            // Prefill: the inputs are independent.
+            xq.par_chunks_mut(pcols)
+                .zip(dseg.par_chunks_mut(sstride))
+                .zip(gx.par_chunks_mut(gstride))
+                .zip(hi.par_chunks_mut(pcols).zip(lo.par_chunks_mut(pcols)))
+                .enumerate()
+                .for_each(|(k, (((xq, dseg), gx), (hi, lo)))| one(k, xq, dseg, gx, hi, lo));
+        } else {
+            for (k, (((xq, dseg), gx), (hi, lo))) in xq
+                .chunks_mut(pcols)
+                .zip(dseg.chunks_mut(sstride))
+                .zip(gx.chunks_mut(gstride))
+                .zip(hi.chunks_mut(pcols).zip(lo.chunks_mut(pcols)))
+                .enumerate()
+            {
+                one(k, xq, dseg, gx, hi, lo);
             }
         }
         ActQ {
             xq: &self.xq[..n * pcols],
             dseg: &self.dseg[..n * sstride],
             gx: &self.gx[..n * gstride],
-            hi: if planes { &self.hi[..n * pcols] } else { &[] },
-            lo: if planes { &self.lo[..n * pcols] } else { &[] },
+            hi: &self.hi[..n * pcols],
+            lo: &self.lo[..n * pcols],
             pcols,
             sstride,
             gstride,
@@ -163,26 +178,42 @@ impl ActBuf {
 
 /// Round half to even: adding 1.5 * 2^23 leaves the integer in the low mantissa bits (for
 /// |v| < 2^22), read back with integer arithmetic, so the loop vectorizes on any x86-64 or
-/// aarch64 without a rounding or saturating conversion instruction. NaN becomes -XMAX.
+/// aarch64 without a rounding or saturating conversion instruction. NaN gives an arbitrary value in range.
 #[inline(always)]
 fn round_to_int(v: f32) -> i16 {
     const MAGIC: f32 = 12582912.0;
-    let v = v.max(-XMAX).min(XMAX);
+    let v = v.clamp(-XMAX, XMAX);
     ((v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i16
 }
 
-/// Quantize one input: `xq` gets `pcols` values, `dseg` and `gx` their strides (zero padded).
-fn quantize_one(x: &[f32], group: usize, xq: &mut [i16], dseg: &mut [f32], gx: &mut [f32]) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_one_avx2(
+    x: &[f32],
+    group: usize,
+    xq: &mut [i16],
+    dseg: &mut [f32],
+    gx: &mut [f32],
+    hi: &mut [i8],
+    lo: &mut [i8],
+) {
+    quantize_one(x, group, xq, dseg, gx, hi, lo)
+}
+
+/// Quantize one input: `xq` and the byte planes `hi`, `lo` get `pcols` values,
+/// `dseg` and `gx` their strides (zero padded).
+#[inline(always)]
+fn quantize_one(x: &[f32], group: usize, xq: &mut [i16], dseg: &mut [f32], gx: &mut [f32], hi: &mut [i8], lo: &mut [i8]) {
     let cols = x.len();
     let spc = segs_per_chunk(group);
     let seg_len = CHUNK / spc;
     dseg.fill(0.0);
     gx.fill(0.0);
     for (b, xqb) in xq.chunks_exact_mut(CHUNK).enumerate() {
-        let lo = b * CHUNK;
-        let hi = (lo + CHUNK).min(cols);
+        let lo_e = b * CHUNK;
+        let hi_e = (lo_e + CHUNK).min(cols);
         let mut xb = [0f32; CHUNK];
-        xb[..hi - lo].copy_from_slice(&x[lo..hi]);
+        xb[..hi_e - lo_e].copy_from_slice(&x[lo_e..hi_e]);
         // 16 partial maxima so the loop vectorizes.
         let mut m16 = [0f32; 16];
         for c in xb.chunks_exact(16) {
@@ -196,13 +227,23 @@ fn quantize_one(x: &[f32], group: usize, xq: &mut [i16], dseg: &mut [f32], gx: &
         for (q, &v) in xqb.iter_mut().zip(&xb) {
             *q = round_to_int(v * inv);
         }
+        {
+            let hb: &mut [i8; CHUNK] = (&mut hi[b * CHUNK..(b + 1) * CHUNK]).try_into().expect("whole chunk");
+            let lb: &mut [i8; CHUNK] = (&mut lo[b * CHUNK..(b + 1) * CHUNK]).try_into().expect("whole chunk");
+            for ((h, l), &v) in hb.iter_mut().zip(lb.iter_mut()).zip(xqb.iter()) {
+                let v = v as i32;
+                let hv = (v + 128) >> 8;
+                *h = hv as i8;
+                *l = (v - 256 * hv) as i8;
+            }
+        }
         for s in 0..spc {
             dseg[b * spc + s] = d;
             // This segment's share of its group's GX.
             let seg = &xqb[s * seg_len..(s + 1) * seg_len];
             let sum: i32 = seg.iter().map(|&v| v as i32).sum();
-            let g = (lo + s * seg_len) / group;
-            if lo + s * seg_len < cols {
+            let g = (lo_e + s * seg_len) / group;
+            if lo_e + s * seg_len < cols {
                 gx[g] += d * sum as f32;
             }
         }

@@ -4,6 +4,10 @@
 //! bits) looks the codes up; NF4 looks up in two 8-entry tables and picks by bit 3. FMA with the
 //! f32 activations.
 
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use super::x86_int::prefetch;
 use bd_formats::quant::{PackedMatrix, CHUNK, NF3_LEVELS, NF4_LEVELS};
 use std::arch::x86_64::*;
 
@@ -139,11 +143,14 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
         for r in 0..R {
             // Code bytes 8 at a time, zero-extended: int3 low lane (4) and high plane (2); int4 8.
             let cp = codes[r].add(cc * cb);
+            // The same chunk of the next block of rows (see x86_int::prefetch).
+            prefetch(cp.wrapping_add(R * l.row_code_bytes));
+            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
             let mut src = [_mm256_setzero_si256(); 8];
             for (i, s) in src.iter_mut().enumerate().take(if B == 3 { 6 } else { 8 }) {
                 *s = _mm256_cvtepu8_epi32(_mm_loadl_epi64(cp.add(8 * i) as *const __m128i));
             }
-            for u in 0..16 {
+            unroll!(u in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
                 let e = cc * CHUNK + 8 * u;
                 if e & gmask == 0 {
                     tb[r] = group_tables::<B>(scales[r], (e >> gshift).min(l.groups - 1));
@@ -159,7 +166,7 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
                 for k in 0..C {
                     facc[r][k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp[k].add(8 * u)), facc[r][k]);
                 }
-            }
+            });
         }
     }
     for r in 0..R {

@@ -6,6 +6,10 @@
 //! Rows are processed 4 at a time for one input (each activation load serves 4 rows) and 2 at a
 //! time for 4 inputs in `matmul` (each unpacked code register serves 4 inputs).
 
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use super::x86_int::prefetch;
 use bd_formats::quant::{PackedMatrix, CHUNK, NF3_LEVELS, NF4_LEVELS};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -147,11 +151,14 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
         let mut src = [[_mm512_setzero_si512(); 4]; R];
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
+            // The same chunk of the next block of rows (see x86_int::prefetch).
+            prefetch(cp.wrapping_add(R * l.row_code_bytes));
+            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
             for (i, s) in src[r].iter_mut().enumerate().take(if B == 3 { 3 } else { 4 }) {
                 *s = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(16 * i) as *const __m128i));
             }
         }
-        for t in 0..8 {
+        unroll!(t in [0, 1, 2, 3, 4, 5, 6, 7] {
             let e = cc * CHUNK + 16 * t;
             if e & gmask == 0 {
                 for r in 0..R {
@@ -168,7 +175,7 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
                     facc[r][k] = _mm512_fmadd_ps(w[r], xv, facc[r][k]);
                 }
             }
-        }
+        });
     }
     for r in 0..R {
         for k in 0..C {

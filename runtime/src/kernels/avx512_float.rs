@@ -1,6 +1,10 @@
 //! AVX-512 kernels for f32 / f16 / bf16 weights: converted in registers, FMA in f32. Tails use
 //! masked loads, so any `cols` works without reading past a row.
 
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use super::x86_int::prefetch;
 use super::{Weight, WeightData};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -82,6 +86,8 @@ unsafe fn block<const T: u8, const R: usize, const C: usize>(
         let mut wv = [_mm512_setzero_ps(); R];
         for r in 0..R {
             wv[r] = load_w::<T>(rowp[r], i, m);
+            // 1 KiB ahead on each row's stream (see x86_int::prefetch).
+            prefetch(rowp[r].wrapping_add(i * esize + 1024));
         }
         for k in 0..C {
             let xv = _mm512_maskz_loadu_ps(m, xs[k].add(i));

@@ -20,6 +20,15 @@
 //! Rows are processed a few at a time so one activation load serves several rows, and `matmul`
 //! tiles inputs so each chunk of codes is unpacked once for several inputs.
 
+/// Repeat a block for each listed value of a `usize` constant. Kernels use it so that loops whose
+/// body branches on the index (which field, which bit) are straight-line code with constants: a
+/// plain `for` loop left rolled turns those branches into jump tables and spills.
+macro_rules! unroll {
+    ($i:ident in [$($n:literal),*] $body:block) => {
+        $( { #[allow(non_upper_case_globals)] const $i: usize = $n; $body } )*
+    };
+}
+
 mod act;
 mod reference;
 #[cfg(test)]
@@ -234,8 +243,7 @@ impl Kernels {
             }
             (_, WeightData::Quant(p)) if !p.format().is_nf() => {
                 assert_eq!((p.layout.rows, p.layout.cols), (rows, cols), "weight shape");
-                let planes = matches!(self.isa, Isa::Avx2 | Isa::Avx512) || (self.isa == Isa::Neon && self.dotprod);
-                let act = scratch.act.quantize(x, n, cols, p.layout.group, planes);
+                let act = scratch.act.quantize(x, n, cols, p.layout.group);
                 let f =
                     |r0: usize, r1: usize, k0: usize, k1: usize| unsafe { self.int_rows(&p, &act, k0, k1, r0, r1, out, rows) };
                 par_rows(rows, cols, n, panel(2 * cols), f);
@@ -308,7 +316,7 @@ impl Kernels {
         let WeightData::Quant(p) = w.data else { panic!("int_twin_matvec needs a quantized weight") };
         assert!(!p.format().is_nf(), "int_twin_matvec needs an INT format");
         let mut buf = ActBuf::new(w.cols, 1);
-        let act = buf.quantize(x, 1, w.cols, p.layout.group, false);
+        let act = buf.quantize(x, 1, w.cols, p.layout.group);
         for (r, yr) in y.iter_mut().enumerate() {
             *yr = act::int_row_twin(&p, r, &act, 0);
         }

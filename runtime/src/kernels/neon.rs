@@ -10,6 +10,9 @@
 //! NF: exact f32. A group's 16 dequantized levels sit in four registers (64 bytes) and `tbl`
 //! looks the codes up four bytes at a time; FMA with the f32 activations.
 
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
 use super::act::{segs_per_chunk, ActQ};
 use bd_formats::quant::{PackedMatrix, CHUNK, NF3_LEVELS, NF4_LEVELS};
 use std::arch::aarch64::*;
@@ -187,7 +190,7 @@ unsafe fn codes16<const B: u32>(raw: &[uint8x16_t; 4], j: usize, h: usize) -> ui
         2 => field2(raw[h], j),
         4 => {
             let v = raw[2 * (j / 2) + h];
-            if j % 2 == 0 {
+            if j & 1 == 0 {
                 vandq_u8(v, vdupq_n_u8(15))
             } else {
                 vshrq_n_u8::<4>(v)
@@ -323,8 +326,8 @@ unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: us
             }
             let mut ah = [[zero_i; C]; R];
             let mut al = [[zero_i; C]; R];
-            for j in 0..4 {
-                for h in 0..2 {
+            unroll!(j in [0, 1, 2, 3] {
+                unroll!(h in [0, 1] {
                     let mut f = [vdupq_n_u8(0); R];
                     for r in 0..R {
                         f[r] = codes16::<B>(&raw[r], j, h);
@@ -354,7 +357,7 @@ unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: us
                         }
                     }
                     let e = 32 * j + 16 * h + 16;
-                    if e % seg_len == 0 {
+                    if e & (seg_len - 1) == 0 {
                         let si = c * SEGS + e / seg_len - 1;
                         for r in 0..R {
                             for k in 0..C {
@@ -366,8 +369,8 @@ unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: us
                             }
                         }
                     }
-                }
-            }
+                });
+            });
         }
         w0 += wn;
     }
@@ -485,8 +488,8 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
         for r in 0..R {
             raw[r] = load_raw::<B>(codes[r].add(cc * cb));
         }
-        for j in 0..4 {
-            for h in 0..2 {
+        unroll!(j in [0, 1, 2, 3] {
+            unroll!(h in [0, 1] {
                 let e = cc * CHUNK + 32 * j + 16 * h;
                 if e & gmask == 0 {
                     for r in 0..R {
@@ -497,7 +500,7 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
                 for r in 0..R {
                     c4[r] = vshlq_n_u8::<2>(codes16::<B>(&raw[r], j, h));
                 }
-                for q in 0..4 {
+                unroll!(q in [0, 1, 2, 3] {
                     let mut w = [vdupq_n_f32(0.0); R];
                     for r in 0..R {
                         let idx = vaddq_u8(vqtbl1q_u8(c4[r], spread[q]), offs);
@@ -509,9 +512,9 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
                             facc[r][k] = vfmaq_f32(facc[r][k], w[r], xv);
                         }
                     }
-                }
-            }
-        }
+                });
+            });
+        });
     }
     for r in 0..R {
         for k in 0..C {

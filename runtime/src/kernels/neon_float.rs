@@ -1,6 +1,9 @@
 //! aarch64 kernels for f32 / f16 / bf16 weights: converted in registers (`fcvtl` for f16, a
 //! shift for bf16), FMA in f32. The last `cols % 4` columns of a row are done in scalar code.
 
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
 use super::neon::f16x4_to_f32;
 use super::{Weight, WeightData};
 use half::{bf16, f16};

@@ -109,11 +109,10 @@ fn magnitude(w: &Weight, x: &[f32]) -> Vec<f32> {
 /// Per row, the largest error activation rounding can cause: `sum_i |w_i| d_b(i) / 2`.
 fn rounding_bound(w: &Weight, x: &[f32]) -> Vec<f32> {
     let WeightData::Quant(p) = w.data else { unreachable!() };
-    let half_step: Vec<f32> = x
-        .chunks(128)
-        .flat_map(|b| {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            std::iter::repeat_n(amax / XMAX / 2.0, b.len())
+    let half_step: Vec<f32> = (0..x.len())
+        .map(|i| {
+            let b = &x[i / 128 * 128..(i / 128 * 128 + 128).min(x.len())];
+            b.iter().fold(0f32, |m, v| m.max(v.abs())) / XMAX / 2.0
         })
         .collect();
     (0..w.rows)
@@ -376,9 +375,7 @@ fn scratch_is_reused_without_growing() {
         k.matvec(&w, &x[..cols], &mut y[..rows], &mut scratch);
     }
     let after = (scratch.act.xq.capacity(), scratch.act.dseg.capacity(), scratch.act.gx.capacity(), scratch.act.hi.capacity());
-    if !k.dotprod {
-        assert_eq!(before, after);
-    }
+    assert_eq!(before, after);
     let _ = ActBuf::new(1, 1);
 }
 
@@ -413,26 +410,59 @@ fn bd_kernels_setting() {
 fn kernel_compute_rate() {
     let mut rng = Rng(1);
     for (rows, cols) in [(16usize, 4096usize), (256, 4096)] {
-        for format in [QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Int4] {
+        let only = std::env::var("BD_RATE_FORMAT").ok();
+        for format in QuantFormat::ALL {
+            if only.as_deref().is_some_and(|f| f != format.name()) {
+                continue;
+            }
             let q = Quant::new(format, 128, rows, cols, &rng.weights(rows * cols));
             let w = q.weight();
             let WeightData::Quant(p) = w.data else { unreachable!() };
             let x = rng.acts(cols);
             let mut buf = ActBuf::new(cols, 1);
-            let act = buf.quantize(&x, 1, cols, 128, true);
+            let act = buf.quantize(&x, 1, cols, 128);
             let mut y = vec![0f32; rows];
             for k in simd_kernels() {
+                if std::env::var("BD_RATE_ISA").is_ok_and(|i| i != k.isa().name()) {
+                    continue;
+                }
                 let iters = (1usize << 28) / (rows * cols);
+                let iters = iters / 8;
                 let mut best = f64::MAX;
-                for _ in 0..5 {
+                for _ in 0..40 {
                     let t = std::time::Instant::now();
                     for _ in 0..iters {
-                        unsafe { k.int_rows(&p, &act, 0, 1, 0, rows, OutPtr(y.as_mut_ptr()), rows) };
+                        if format.is_nf() {
+                            unsafe { k.float_rows(&w, &x, 1, 0, rows, y.as_mut_ptr(), rows) };
+                        } else {
+                            unsafe { k.int_rows(&p, &act, 0, 1, 0, rows, OutPtr(y.as_mut_ptr()), rows) };
+                        }
                     }
                     best = best.min(t.elapsed().as_secs_f64() / iters as f64);
                 }
                 eprintln!("{} {format} g128 {rows}x{cols}: {:.4} ns/weight", k.describe(), best * 1e9 / (rows * cols) as f64);
             }
         }
+    }
+}
+
+/// Cost of quantizing one activation vector (per call of an INT matvec).
+#[test]
+#[ignore]
+fn activation_quantization_rate() {
+    let mut rng = Rng(2);
+    for cols in [4096usize, 11008] {
+        let x = rng.acts(cols);
+        let mut buf = ActBuf::new(cols, 1);
+        let iters = 2000;
+        let mut best = f64::MAX;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(buf.quantize(std::hint::black_box(&x), 1, cols, 128).pcols);
+            }
+            best = best.min(t.elapsed().as_secs_f64() / iters as f64);
+        }
+        eprintln!("quantize {cols} activations: {:.2} us ({:.2} ns/element)", best * 1e6, best * 1e9 / cols as f64);
     }
 }

@@ -16,13 +16,16 @@
 //! and `vpdpbusd`). Each segment's integer sum becomes f32 once (`y += (s * d) * S`); the zero
 //! points are applied once per group, 8 groups at a time.
 
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
 use super::act::{segs_per_chunk, ActQ};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
 /// Chunks per window: the factors of a window's segments are computed before its chunks.
-const WCH: usize = 16;
+const WCH: usize = 32;
 /// Segments per window at most (8 per chunk when G = 16).
 const WSEG: usize = WCH * 8;
 /// Largest rows x inputs tile.
@@ -149,6 +152,12 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
     }
     while k < k1 {
         let mut r = r0;
+        if VNNI {
+            while r + 8 <= r1 {
+                block::<B, SEGS, 8, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+                r += 8;
+            }
+        }
         while r + 4 <= r1 {
             block::<B, SEGS, 4, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
@@ -255,28 +264,24 @@ unsafe fn load_f16x8(p: *const u16, avail: usize, end: *const u8) -> __m256 {
     }
 }
 
-/// Scales of segments `seg..seg+8`, zero past the row's groups.
-#[inline(always)]
-unsafe fn seg_scales(sc: *const u16, groups: usize, chunks_per_group: usize, seg: usize, end: *const u8) -> __m256 {
-    if chunks_per_group == 2 {
-        // G = 256: segments are chunks, two per group.
-        let g = seg / 2;
-        let s = load_f16x8(sc.add(g), groups.saturating_sub(g).min(4), end);
-        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3))
-    } else {
-        load_f16x8(sc.add(seg), groups.saturating_sub(seg), end)
-    }
-}
-
 /// 8 f32 zero points of groups `g..g+8` from a row's packed `B`-bit zero stream (lanes past the
 /// row's groups hold whatever follows; callers zero their scales).
 #[inline(always)]
 unsafe fn zeros8<const B: u32>(z: *const u8, g: usize, end: *const u8) -> __m256 {
-    let u = load_le(z.add(g * B as usize / 8), end) as u32;
+    let p = z.add(g * B as usize / 8);
+    let u = if p.add(4) <= end { (p as *const u32).read_unaligned() } else { load_le(p, end) as u32 };
     let b = B as i32;
     let sh = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 4 * b, 5 * b, 6 * b, 7 * b);
     let q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(u as i32), sh), _mm256_set1_epi32((1 << B) - 1));
     _mm256_cvtepi32_ps(q)
+}
+
+/// Ask for the cache line holding `p` into L2 (never faults, whatever `p` is). Prefetching into
+/// L1 instead caps a core at about 10 GB/s: its few L1 miss buffers stay busy for a whole DRAM
+/// latency each.
+#[inline(always)]
+pub(super) unsafe fn prefetch(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T2>(p as *const i8);
 }
 
 #[inline(always)]
@@ -284,6 +289,54 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// The group parameters of one window of `R` rows: the factors `s * d` of its segments into `fb`
+/// (segments are groups when G <= 128, so both use the same scales, and chunks when G = 256, two
+/// per group), and the zero-point terms `sum s * z * GX` of its groups into `corr`. Kept out of
+/// line so the chunk loop's registers do not spill around it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn prep<const B: u32, const R: usize, const C: usize>(
+    scales: &[*const u16; R],
+    zeros: &[*const u8; R],
+    dseg: &[*const f32; C],
+    gx: &[*const f32; C],
+    (g_lo, g_hi): (usize, usize),
+    seg0: usize,
+    cpg_shift: usize,
+    end: *const u8,
+    fb: *mut f32,
+    corr: &mut [[__m256; C]; R],
+) {
+    for r in 0..R {
+        let mut g = g_lo;
+        while g < g_hi {
+            let sv = load_f16x8(scales[r].add(g), g_hi - g, end);
+            let sz = _mm256_mul_ps(sv, zeros8::<B>(zeros[r], g, end));
+            for k in 0..C {
+                corr[r][k] = _mm256_fmadd_ps(sz, _mm256_loadu_ps(gx[k].add(g)), corr[r][k]);
+            }
+            if cpg_shift == 0 {
+                let s = g - seg0;
+                for k in 0..C {
+                    let d = _mm256_loadu_ps(dseg[k].add(g));
+                    _mm256_storeu_ps(fb.add((r * C + k) * WSEG + s), _mm256_mul_ps(sv, d));
+                }
+            } else {
+                let s = 2 * g - seg0;
+                let lo = _mm256_permutevar8x32_ps(sv, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+                let hi = _mm256_permutevar8x32_ps(sv, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+                for k in 0..C {
+                    let d = dseg[k].add(2 * g);
+                    _mm256_storeu_ps(fb.add((r * C + k) * WSEG + s), _mm256_mul_ps(lo, _mm256_loadu_ps(d)));
+                    _mm256_storeu_ps(fb.add((r * C + k) * WSEG + s + 8), _mm256_mul_ps(hi, _mm256_loadu_ps(d.add(8))));
+                }
+            }
+            g += 8;
+        }
+    }
 }
 
 /// `R` rows from `r0`, `C` inputs from `k0`.
@@ -309,7 +362,8 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
     let xl: [*const i8; C] = from_fn(|k| act.lo(k0 + k).as_ptr());
     let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
     let gx: [*const f32; C] = from_fn(|k| act.gx(k0 + k).as_ptr());
-    let cpg = (l.group / CHUNK).max(1);
+    // Chunks per group: 1 (G <= 128) or 2 (G = 256).
+    let cpg_shift = (l.group > CHUNK) as usize;
     let fb = fbuf.as_mut_ptr();
     let end = base.add(l.len);
 
@@ -318,27 +372,23 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
     while w0 < nch {
         let wn = WCH.min(nch - w0);
         // Factors s * d of this window's segments, and its groups' zero-point terms.
-        let (seg0, nseg) = (w0 * SEGS, wn * SEGS);
-        let (g_lo, g_hi) = if SEGS == 1 { (w0 / cpg, (w0 + wn).div_ceil(cpg)) } else { (seg0, seg0 + nseg) };
+        let seg0 = w0 * SEGS;
+        // Groups of the window (G = 256: two chunks per group; windows hold an even count).
+        let (g_lo, g_hi) =
+            if SEGS == 1 { (w0 >> cpg_shift, (w0 + wn + cpg_shift) >> cpg_shift) } else { (seg0, seg0 + wn * SEGS) };
         let g_hi = g_hi.min(l.groups);
+        let mut corr = [[_mm256_setzero_ps(); C]; R];
+        prep::<B, R, C>(&scales, &zeros, &dseg, &gx, (g_lo, g_hi), seg0, cpg_shift, end, fb, &mut corr);
         for r in 0..R {
-            let mut s = 0;
-            while s < nseg {
-                let sv = seg_scales(scales[r], l.groups, cpg, seg0 + s, end);
-                for k in 0..C {
-                    let d = _mm256_loadu_ps(dseg[k].add(seg0 + s));
-                    _mm256_storeu_ps(fb.add((r * C + k) * WSEG + s), _mm256_mul_ps(sv, d));
-                }
-                s += 8;
+            for k in 0..C {
+                facc[r][k] = _mm256_sub_ps(facc[r][k], corr[r][k]);
             }
-            let mut g = g_lo;
-            while g < g_hi {
-                let sv = load_f16x8(scales[r].add(g), g_hi - g, end);
-                let sz = _mm256_mul_ps(sv, zeros8::<B>(zeros[r], g, end));
-                for k in 0..C {
-                    facc[r][k] = _mm256_fnmadd_ps(sz, _mm256_loadu_ps(gx[k].add(g)), facc[r][k]);
-                }
-                g += 8;
+        }
+        // The next rows' group parameters (one block ahead of the codes below).
+        if w0 == 0 {
+            for r in 0..R {
+                prefetch(scales[r].wrapping_add(R * l.row_scale_bytes / 2) as *const u8);
+                prefetch(zeros[r].wrapping_add(R * l.row_zero_bytes));
             }
         }
         for c in 0..wn {
@@ -346,10 +396,22 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
             let mut raw = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
                 raw[r] = load_raw::<B>(codes[r].add(cc * cb));
+                // Streams of a few KB are too short for the hardware prefetcher to pick up:
+                // fetch the same chunk of the next block of rows, one block ahead.
+                if B != 2 || cc % 2 == 0 {
+                    prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb));
+                }
+                if B != 2 {
+                    prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb + 32));
+                }
             }
-            let mut ah = [[_mm256_setzero_si256(); C]; R];
-            let mut al = [[_mm256_setzero_si256(); C]; R];
-            for j in 0..4 {
+            // Two accumulators per plane (even and odd fields) halve the chains of dependent
+            // `vpdpbusd` when the tile is small; with 4 inputs the tile has enough chains.
+            let split = VNNI && R * C <= 4;
+            let mut ah = [[[_mm256_setzero_si256(); 2]; C]; R];
+            let mut al = [[[_mm256_setzero_si256(); 2]; C]; R];
+            unroll!(j in [0, 1, 2, 3] {
+                let a = if split { j % 2 } else { 0 };
                 let mut f = [_mm256_setzero_si256(); R];
                 for r in 0..R {
                     f[r] = field::<B>(&raw[r], j);
@@ -359,8 +421,8 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                     let h = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
                     let lo = _mm256_loadu_si256(xl[k].add(off) as *const __m256i);
                     for r in 0..R {
-                        ah[r][k] = dot::<VNNI>(ah[r][k], f[r], h);
-                        al[r][k] = dot::<VNNI>(al[r][k], f[r], lo);
+                        ah[r][k][a] = dot::<VNNI>(ah[r][k][a], f[r], h);
+                        al[r][k][a] = dot::<VNNI>(al[r][k][a], f[r], lo);
                     }
                 }
                 let ends = match SEGS {
@@ -379,14 +441,19 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                             } else {
                                 _mm256_broadcast_ss(&*fp.add(j * SEGS / 4))
                             };
-                            let s = _mm256_cvtepi32_ps(combine::<VNNI>(ah[r][k], al[r][k]));
+                            let (h, lo) = if split {
+                                (_mm256_add_epi32(ah[r][k][0], ah[r][k][1]), _mm256_add_epi32(al[r][k][0], al[r][k][1]))
+                            } else {
+                                (ah[r][k][0], al[r][k][0])
+                            };
+                            let s = _mm256_cvtepi32_ps(combine::<VNNI>(h, lo));
                             facc[r][k] = _mm256_fmadd_ps(s, fv, facc[r][k]);
-                            ah[r][k] = _mm256_setzero_si256();
-                            al[r][k] = _mm256_setzero_si256();
+                            ah[r][k] = [_mm256_setzero_si256(); 2];
+                            al[r][k] = [_mm256_setzero_si256(); 2];
                         }
                     }
                 }
-            }
+            });
         }
         w0 += wn;
     }

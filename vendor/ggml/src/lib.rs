@@ -305,7 +305,7 @@ pub fn quantize(ty: GgmlType, rows: usize, cols: usize, w: &[f32]) -> Result<Ggm
         return Err(GgmlError::Empty { ty: ty.name(), rows, cols });
     }
     ty.check_cols(cols)?;
-    let expected = rows.checked_mul(cols).unwrap_or(usize::MAX);
+    let expected = rows.saturating_mul(cols);
     if w.len() != expected {
         return Err(GgmlError::ShapeMismatch { ty: ty.name(), rows, cols, expected, got: w.len() });
     }
