@@ -138,12 +138,6 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
     let mut k = k0;
     while k + 4 <= k1 {
         let mut r = r0;
-        if VNNI {
-            while r + 2 <= r1 {
-                block::<B, SEGS, 2, 4, VNNI>(p, act, r, k, y, ys, &mut fbuf);
-                r += 2;
-            }
-        }
         while r < r1 {
             block::<B, SEGS, 1, 4, VNNI>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
