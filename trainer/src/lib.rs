@@ -4,6 +4,7 @@
 //! - [`fake_quant`]: fake quantization bit-identical to bd-formats, and the STE.
 //! - [`data`]: tokenizer, calibration documents and blocks.
 //! - [`distill`]: the distillation losses (CAKLD and its ablations) and gamma.
+//! - [`qat`]: the quantization-aware training step (AdamW, clipping, schedule, accumulation).
 //! - [`clip`]: the asymmetric clipping search and the clip file.
 //! - [`eval`]: perplexity (the runtime's convention) and multiple-choice scoring.
 //! - [`convert`]: `.bd2` export (`bd-train quantize`), optionally of clipped weights.
@@ -15,4 +16,5 @@ pub mod distill;
 pub mod eval;
 pub mod fake_quant;
 pub mod model;
+pub mod qat;
 pub mod rng;
