@@ -112,7 +112,7 @@ impl GgmlType {
 
     fn check_cols(self, cols: usize) -> Result<(), GgmlError> {
         let block = self.block_size();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(GgmlError::BadCols { ty: self.name(), cols, block });
         }
         Ok(())
@@ -385,7 +385,7 @@ pub fn quantize_activations_into(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Res
 /// Activation buffers hold f32 fields (Q8_K's scale) or f16 ones.
 fn check_align(ty: GgmlType, p: *const u8, what: &'static str) -> Result<(), GgmlError> {
     let align = if ty == GgmlType::Q8K { 4 } else { 2 };
-    if p as usize % align != 0 {
+    if !(p as usize).is_multiple_of(align) {
         return Err(GgmlError::Misaligned { ty: ty.name(), what, align });
     }
     Ok(())
