@@ -49,7 +49,8 @@ fn max_rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 fn convert(ckpt: &Path, out: &Path, format: DType) {
-    let opts = ConvertOptions { format, group: 32, float_dtype: DType::F32, clipping: "none".into(), training: None, progress: false };
+    let opts =
+        ConvertOptions { format, group: 32, float_dtype: DType::F32, clipping: "none".into(), training: None, progress: false };
     quantize_checkpoint(ckpt, out, &opts).unwrap();
 }
 

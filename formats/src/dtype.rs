@@ -41,6 +41,30 @@ impl DType {
         }
     }
 
+    /// Decode little-endian float elements of this type into `out` (`out.len()` elements from
+    /// `bytes`, which need not be aligned). Panics for quantized types, whose codes need a layout.
+    pub fn decode_into(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            DType::F32 => {
+                out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            DType::F16 => {
+                out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            }
+            DType::Bf16 => {
+                out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            }
+            DType::Quant(q) => panic!("{q} codes cannot be decoded element by element"),
+        }
+    }
+
+    /// [`DType::decode_into`] into a new vector of every element in `bytes`.
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        let mut out = vec![0f32; bytes.len() / self.float_size().expect("a float type")];
+        self.decode_into(bytes, &mut out);
+        out
+    }
+
     pub fn quant(self) -> Option<QuantFormat> {
         match self {
             DType::Quant(q) => Some(q),

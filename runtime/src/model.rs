@@ -8,7 +8,6 @@ use bd_formats::bd2::{Bd2File, ReadOptions, TensorInfo};
 use bd_formats::config::BLOCK_LINEARS;
 use bd_formats::quant::{PackedLayout, PackedMatrix};
 use bd_formats::{DType, ModelConfig};
-use half::{bf16, f16};
 use std::path::Path;
 
 /// Where a matrix lives in the file. Kept instead of a `Weight<'_>`, which would borrow the file the
@@ -144,18 +143,8 @@ impl Model {
         let e = &self.embed;
         let size = e.dtype.float_size().expect("float embeddings, checked at load");
         let row = &self.bytes(e)[token as usize * h * size..][..h * size];
-        match e.dtype {
-            DType::F32 => {
-                out.iter_mut().zip(row.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            DType::F16 => {
-                out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = f16::from_le_bytes([b[0], b[1]]).to_f32())
-            }
-            DType::Bf16 => {
-                out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, b)| *o = bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            }
-            DType::Quant(_) => unreachable!("checked at load"),
-        }
+        // Float embeddings only: checked at load.
+        e.dtype.decode_into(row, out);
         Ok(())
     }
 

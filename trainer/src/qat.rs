@@ -82,7 +82,11 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: &[&Var]) -> Result<Self> {
         let zeros = |v: &&Var| v.as_tensor().zeros_like();
-        Ok(Self { m: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?, v: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?, steps: 0 })
+        Ok(Self {
+            m: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            v: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            steps: 0,
+        })
     }
 
     /// The moments, for checkpoints.
@@ -96,7 +100,12 @@ impl AdamW {
 
     /// One update of every variable with its gradient (`None`: no gradient this step, left alone).
     pub fn step(&mut self, cfg: &TrainConfig, lr: f64, vars: &[&Var], grads: &[Option<Tensor>]) -> Result<()> {
-        ensure!(vars.len() == self.m.len() && grads.len() == vars.len(), "optimizer built for {} variables, got {}", self.m.len(), vars.len());
+        ensure!(
+            vars.len() == self.m.len() && grads.len() == vars.len(),
+            "optimizer built for {} variables, got {}",
+            self.m.len(),
+            vars.len()
+        );
         self.steps += 1;
         let (b1, b2) = cfg.betas;
         let c1 = 1.0 - b1.powi(self.steps as i32);
@@ -147,7 +156,10 @@ impl Batch {
         ensure!(!ids.is_empty(), "a batch needs at least one sequence");
         let len = ids[0].len();
         ensure!(len >= 2, "sequences need at least two tokens");
-        ensure!(ids.iter().all(|r| r.len() == len) && mask.len() == ids.len() && mask.iter().all(|m| m.len() == len), "batch rows must have equal lengths");
+        ensure!(
+            ids.iter().all(|r| r.len() == len) && mask.len() == ids.len() && mask.iter().all(|m| m.len() == len),
+            "batch rows must have equal lengths"
+        );
         Ok(Self { ids, mask })
     }
 }
@@ -156,7 +168,14 @@ impl Batch {
 ///
 /// Distillation losses compare the two next-token distributions at every unmasked position;
 /// cross-entropy scores each position's next data token (the last position has none).
-pub fn micro_step(student: &Llama, teacher: Option<&Llama>, loss: Loss, batch: &Batch, vars: &[&Var], chunk_rows: usize) -> Result<(f64, Vec<Option<Tensor>>)> {
+pub fn micro_step(
+    student: &Llama,
+    teacher: Option<&Llama>,
+    loss: Loss,
+    batch: &Batch,
+    vars: &[&Var],
+    chunk_rows: usize,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
     let dev = student.device().clone();
     let rows: Vec<&[u32]> = batch.ids.iter().map(|r| r.as_slice()).collect();
     let ids = ids_tensor(&rows, &dev)?;

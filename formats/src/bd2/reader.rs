@@ -8,7 +8,6 @@ use super::{Bd2Error, ALIGN, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN, VERSION};
 use crate::config::{ModelConfig, TensorRole};
 use crate::dtype::DType;
 use crate::quant::{check_group_size, PackedLayout, PackedMatrix};
-use half::{bf16, f16};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fs::File;
@@ -291,10 +290,8 @@ impl Bd2File {
     pub fn tensor_f32(&self, t: &TensorInfo) -> Vec<f32> {
         let b = self.tensor_bytes(t);
         match t.dtype {
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::Bf16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             DType::Quant(_) => self.packed(t).expect("validated layout").dequantize(),
+            float => float.decode(b),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod fixture;
 mod tests;
 
 use crate::config::{ModelConfig, TensorSpec};
+use crate::dtype::DType;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -149,9 +150,9 @@ impl HfCheckpoint {
         })?;
         // Data offsets in safetensors need not be aligned, so decode from bytes rather than cast.
         let out = match e.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F32 => DType::F32.decode(bytes),
+            Dtype::F16 => DType::F16.decode(bytes),
+            Dtype::BF16 => DType::Bf16.decode(bytes),
             other => return Err(unsupported_dtype(name, path, other)),
         };
         Ok(out)

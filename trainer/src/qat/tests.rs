@@ -25,7 +25,11 @@ fn data(rows: usize, len: usize, vocab: usize) -> Batch {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    if i == 0 { 1 } else { 3 + (x % (vocab as u64 - 3)) as u32 }
+                    if i == 0 {
+                        1
+                    } else {
+                        3 + (x % (vocab as u64 - 3)) as u32
+                    }
                 })
                 .collect()
         })
@@ -62,7 +66,8 @@ fn adamw_step_matches_the_formula() {
 
 #[test]
 fn clipping_scales_to_the_maximum_norm() {
-    let mut g = vec![Some(Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap()), None, Some(Tensor::new(&[4f32], &Device::Cpu).unwrap())];
+    let mut g =
+        vec![Some(Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap()), None, Some(Tensor::new(&[4f32], &Device::Cpu).unwrap())];
     let before = clip_grad_norm(&mut g, 1.0).unwrap();
     assert!((before - 5.0).abs() < 1e-6);
     assert!((global_norm(&g).unwrap() - 1.0).abs() < 1e-5);
