@@ -29,6 +29,7 @@
 //! `data_crc32` is the CRC-32 (IEEE) of everything after the header. `err_*` are the summed
 //! per-group errors without and with the chosen clip (for reports; nothing reads meaning from them).
 
+use crate::atomic::write_atomic;
 use crate::fake_quant::QuantSpec;
 use crate::model::{BlockInputs, Llama};
 use crate::rng::Rng;
@@ -39,7 +40,6 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// Grid steps per bound (10 x 10 pairs), and the denominator of the shrink fraction.
@@ -282,21 +282,6 @@ impl LinearClip {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
 
 /// `H_g = X_g^T X_g / T` for every group of columns of `x` (`tokens x cols`, row-major).
 fn grams(x: &[f32], tokens: usize, cols: usize, group: usize) -> Result<Vec<Vec<f32>>> {

@@ -201,13 +201,28 @@ impl Llama {
     /// Logits for `ids` `[batch, seq]` following the positions already in `cache`, which grows by
     /// `seq` (generation: a prompt first, then one token at a time).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (_, s) = ids.dims2()?;
+        self.forward_cached_padded(ids, cache, None)
+    }
+
+    /// [`forward_cached`](Self::forward_cached) for a batch of left-padded rows: row `b` holds
+    /// `left_pad[b]` padding tokens before its text, and no real position attends to them. A
+    /// padding position attends to itself only, so its values stay finite (a query that sees no
+    /// key would make NaNs, and NaN times a zero attention weight is still NaN). RoPE depends on
+    /// relative positions only, so a shifted row scores as it would alone.
+    pub fn forward_cached_padded(&self, ids: &Tensor, cache: &mut KvCache, left_pad: Option<&[usize]>) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
         let past = cache.len;
         if cache.layers.is_empty() {
             cache.layers = vec![None; self.blocks.len()];
         }
         let mut x = self.embed_tokens(ids)?;
-        let mask = causal_mask(s, past, &self.device)?;
+        let mask = match left_pad {
+            None => causal_mask(s, past, &self.device)?,
+            Some(pad) => {
+                ensure!(pad.len() == b, "left_pad has {} rows, the batch {b}", pad.len());
+                padded_causal_mask(s, past, pad, &self.device)?
+            }
+        };
         let (cos, sin) = self.rope_at(past, s)?;
         for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = self.block_forward(blk, &x, &cos, &sin, &mask, Some(kv), None)?;
@@ -367,6 +382,20 @@ fn causal_mask(s: usize, past: usize, device: &Device) -> Result<Tensor> {
     let total = past + s;
     let m: Vec<f32> = (0..s).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(m, (s, total), device)?)
+}
+
+/// `[batch, 1, s, past + s]`: the causal mask with, for row `b`, the keys before `pad[b]` hidden
+/// from every query but their own position.
+fn padded_causal_mask(s: usize, past: usize, pad: &[usize], device: &Device) -> Result<Tensor> {
+    let total = past + s;
+    let mut m = Vec::with_capacity(pad.len() * s * total);
+    for &p in pad {
+        for i in 0..s {
+            let q = past + i;
+            m.extend((0..total).map(|j| if j > q || (j < p && j != q) { f32::NEG_INFINITY } else { 0.0 }));
+        }
+    }
+    Ok(Tensor::from_vec(m, (pad.len(), 1, s, total), device)?)
 }
 
 /// GQA: `[b, kv_heads, s, d]` to `[b, kv_heads * rep, s, d]`, query head `h` using kv head `h / rep`.

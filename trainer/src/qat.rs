@@ -164,10 +164,23 @@ impl Batch {
     }
 }
 
+/// What one micro-batch gave.
+pub struct MicroStep {
+    /// The loss the gradient is of: masked sum of per-token losses over the batch's sequences.
+    pub loss: f64,
+    /// Tokens that counted.
+    pub tokens: f64,
+    /// Sum of per-token losses (`loss` times the number of sequences).
+    pub loss_sum: f64,
+    /// The gradient of every student variable (in `vars` order); `None` where it gets none.
+    pub grads: Vec<Option<Tensor>>,
+}
+
 /// Loss of one micro-batch and the gradient of every student variable (in `vars` order).
 ///
 /// Distillation losses compare the two next-token distributions at every unmasked position;
-/// cross-entropy scores each position's next data token (the last position has none).
+/// cross-entropy scores each position's next data token, so it also drops positions whose next
+/// token is masked (padding) and the last position of every row.
 pub fn micro_step(
     student: &Llama,
     teacher: Option<&Llama>,
@@ -175,7 +188,7 @@ pub fn micro_step(
     batch: &Batch,
     vars: &[&Var],
     chunk_rows: usize,
-) -> Result<(f64, Vec<Option<Tensor>>)> {
+) -> Result<MicroStep> {
     let dev = student.device().clone();
     let rows: Vec<&[u32]> = batch.ids.iter().map(|r| r.as_slice()).collect();
     let ids = ids_tensor(&rows, &dev)?;
@@ -187,7 +200,10 @@ pub fn micro_step(
     let targets: Vec<u32> = batch.ids.iter().flat_map(|r| r[1..].iter().copied().chain([0])).collect();
     if loss == Loss::CrossEntropy {
         for r in 0..b {
-            mask[r * s + s - 1] = 0.0;
+            for t in 0..s {
+                let next = if t + 1 < s { batch.mask[r][t + 1] } else { 0.0 };
+                mask[r * s + t] *= next;
+            }
         }
     }
     let mask = Tensor::from_vec(mask, b * s, &dev)?;
@@ -199,11 +215,28 @@ pub fn micro_step(
     };
     let lg = distill::loss_and_grad(loss, &flat, &teacher_logits, &mask, Some(&targets), b, chunk_rows)?;
     let grads: GradStore = distill::surrogate(&flat, &lg.grad)?.backward()?;
-    Ok((lg.loss, vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect()))
+    Ok(MicroStep {
+        loss: lg.loss,
+        tokens: lg.tokens,
+        loss_sum: lg.loss * b as f64,
+        grads: vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect(),
+    })
+}
+
+/// What one optimizer step gave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean over the micro-batches of their loss (the quantity optimized).
+    pub loss: f64,
+    /// The same losses per counted token: sum over tokens / tokens.
+    pub loss_per_token: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens: f64,
+    pub lr: f64,
 }
 
 /// One optimizer step over `accumulation` micro-batches: gradients summed, averaged, clipped, applied.
-/// Returns the mean micro-batch loss and the gradient norm before clipping.
 pub fn train_step(
     student: &Llama,
     teacher: Option<&Llama>,
@@ -212,14 +245,16 @@ pub fn train_step(
     vars: &[&Var],
     opt: &mut AdamW,
     cfg: &TrainConfig,
-) -> Result<(f64, f64)> {
+) -> Result<StepStats> {
     ensure!(!batches.is_empty(), "a step needs at least one micro-batch");
     let mut sum: Vec<Option<Tensor>> = vec![None; vars.len()];
-    let mut total = 0.0;
+    let (mut total, mut loss_sum, mut tokens) = (0.0, 0.0, 0.0);
     for batch in batches {
-        let (l, grads) = micro_step(student, teacher, loss, batch, vars, cfg.chunk_rows)?;
-        total += l;
-        for (acc, g) in sum.iter_mut().zip(grads) {
+        let m = micro_step(student, teacher, loss, batch, vars, cfg.chunk_rows)?;
+        total += m.loss;
+        loss_sum += m.loss_sum;
+        tokens += m.tokens;
+        for (acc, g) in sum.iter_mut().zip(m.grads) {
             *acc = match (acc.take(), g) {
                 (Some(a), Some(g)) => Some((a + g)?),
                 (a, g) => a.or(g),
@@ -230,13 +265,13 @@ pub fn train_step(
     for g in sum.iter_mut().flatten() {
         *g = (&*g / n)?;
     }
-    let norm = match cfg.grad_clip {
+    let grad_norm = match cfg.grad_clip {
         Some(max) => clip_grad_norm(&mut sum, max)?,
         None => global_norm(&sum)?,
     };
     let lr = cfg.lr_at(opt.steps);
     opt.step(cfg, lr, vars, &sum)?;
-    Ok((total / n, norm))
+    Ok(StepStats { loss: total / n, loss_per_token: loss_sum / tokens.max(1.0), grad_norm, tokens, lr })
 }
 
 #[cfg(test)]

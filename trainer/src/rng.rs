@@ -33,6 +33,11 @@ impl Rng {
         ((self.next_u64() >> 32).wrapping_mul(n as u64) >> 32) as usize
     }
 
+    /// Uniform in [0, 1), from the top 53 bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {

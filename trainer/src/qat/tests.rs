@@ -84,8 +84,8 @@ fn tiny_student_overfits_tiny_data_under_qat() {
     let mut opt = AdamW::new(&vars).unwrap();
     let mut losses = Vec::new();
     for _ in 0..cfg.total_steps {
-        let (l, _) = train_step(&student, None, Loss::CrossEntropy, std::slice::from_ref(&batch), &vars, &mut opt, &cfg).unwrap();
-        losses.push(l);
+        let st = train_step(&student, None, Loss::CrossEntropy, std::slice::from_ref(&batch), &vars, &mut opt, &cfg).unwrap();
+        losses.push(st.loss);
     }
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(last < first / 4.0, "cross-entropy {first} -> {last}: less than a 4x drop");
@@ -104,11 +104,11 @@ fn cakld_distillation_reduces_the_divergence() {
     let mut opt = AdamW::new(&vars).unwrap();
     let loss = Loss::Cakld { gamma: 0.5 };
     let micro = [data(2, 24, student.config.vocab_size), data(2, 24, student.config.vocab_size)];
-    let (first, _) = micro_step(&student, Some(&teacher), loss, &batch, &vars, 64).unwrap();
+    let first = micro_step(&student, Some(&teacher), loss, &batch, &vars, 64).unwrap().loss;
     for _ in 0..cfg.total_steps {
         train_step(&student, Some(&teacher), loss, &micro, &vars, &mut opt, &cfg).unwrap();
     }
-    let (last, _) = micro_step(&student, Some(&teacher), loss, &batch, &vars, 64).unwrap();
+    let last = micro_step(&student, Some(&teacher), loss, &batch, &vars, 64).unwrap().loss;
     assert!(last < first / 2.0, "CAKLD {first} -> {last}: less than a 2x drop");
 }
 
@@ -119,7 +119,7 @@ fn every_student_parameter_gets_a_gradient_from_the_distillation_loss() {
     let named = student.named_vars();
     let vars: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
     let batch = data(2, 10, student.config.vocab_size);
-    let (_, grads) = micro_step(&student, Some(&teacher), Loss::Cakld { gamma: 0.8 }, &batch, &vars, 5).unwrap();
+    let grads = micro_step(&student, Some(&teacher), Loss::Cakld { gamma: 0.8 }, &batch, &vars, 5).unwrap().grads;
     for ((spec, _), g) in named.iter().zip(&grads) {
         let g = g.as_ref().unwrap_or_else(|| panic!("{} gets no gradient", spec.name));
         let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
