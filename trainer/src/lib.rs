@@ -14,11 +14,13 @@
 //! - [`convert`]: `.bd2` export (`bd-train quantize`), optionally of clipped weights.
 
 pub mod atomic;
+pub mod causal_softmax;
 pub mod checkpoint;
 pub mod clip;
 pub mod convert;
 pub mod data;
 pub mod dataset;
+pub mod demo;
 pub mod distill;
 pub mod eval;
 pub mod fake_quant;

@@ -1,5 +1,10 @@
 //! `bd-train`: BitDistiller's trainer.
 
+mod cli;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, ensure, Context, Result};
 use bd_formats::hf::fixture::{write_tiny_checkpoint, TinySpec};
 use bd_formats::hf::HfCheckpoint;
@@ -22,6 +27,9 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where tensors live: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +129,89 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Teacher data: the fp model samples continuations of prompts (appends to --out; a rerun
+    /// completes an interrupted file).
+    GenData {
+        /// Hugging Face model directory.
+        #[arg(long)]
+        teacher: PathBuf,
+        #[command(flatten)]
+        prompt: cli::PromptArgs,
+        #[command(flatten)]
+        sample: cli::SampleArgs,
+        /// Seed for the prompt shuffle and the sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output JSONL.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Self-distillation QAT: the fake-quantized student learns from the fp teacher on teacher data.
+    Train {
+        /// Hugging Face model directory (the teacher, and the student's initial weights).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Student format: int2, int3, int4, nf3 or nf4.
+        #[arg(long)]
+        format: String,
+        #[arg(long, default_value_t = 128)]
+        group: usize,
+        /// Clip bounds from `bd-train clip` applied to the student's initial weights.
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// Training data: gen-data output, or JSONL of {"text": ...}.
+        #[arg(long)]
+        data: PathBuf,
+        /// Run directory: checkpoints, metrics.jsonl, loss.svg, summary.json.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Continue the run in --out-dir from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        train: cli::TrainArgs,
+    },
+    /// Pack a trained student (a `train` directory or checkpoint file) into a .bd2 file.
+    Export {
+        /// The Hugging Face teacher the run started from (config and tokenizer).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// A `bd-train train` directory (its best.safetensors) or a checkpoint file.
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The whole pipeline: clip, gen-data, train, export and a perplexity table, every stage cached.
+    Run {
+        /// Hugging Face model directory.
+        #[arg(long)]
+        teacher: PathBuf,
+        /// int2, int3, int4, nf3 or nf4.
+        #[arg(long)]
+        format: String,
+        #[arg(long, default_value_t = 128)]
+        group: usize,
+        /// Output .bd2 file.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        args: cli::RunArgs,
+    },
+    /// Pretrain a small teacher on a generated corpus, then run the whole 2-bit pipeline on it.
+    Demo {
+        /// Work directory (corpus, teacher, cached stages).
+        #[arg(long, default_value = "demo-work")]
+        work: PathBuf,
+        #[arg(long, default_value = "demo.bd2")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 600)]
+        pretrain_steps: usize,
+        #[arg(long, default_value_t = 300)]
+        qat_steps: usize,
+    },
     /// Write a random LLaMA checkpoint (the test fixture's tokenizer) for speed and memory runs.
     #[command(hide = true)]
     Synth {
@@ -157,11 +248,6 @@ fn parse_dtype(flag: &str, s: &str) -> Result<DType> {
     DType::parse(s).ok_or_else(|| anyhow::anyhow!("{flag} {s:?} is not one of int2, int3, int4, nf3, nf4, f16, bf16, f32"))
 }
 
-/// CPU, or the first GPU in a build with the `cuda` feature.
-fn device() -> Result<Device> {
-    Ok(Device::cuda_if_available(0)?)
-}
-
 fn progress() -> bool {
     std::io::stderr().is_terminal()
 }
@@ -171,7 +257,20 @@ fn open_teacher(dir: &Path) -> Result<HfCheckpoint> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let dev = cli::parse_device(&cli.device)?;
+    let device = || -> Result<Device> { Ok(dev.clone()) };
     match cli.command {
+        Command::GenData { teacher, prompt, sample, seed, out } => {
+            cli::gen_data(&teacher, &prompt, &sample, seed, &out, &dev, progress())
+        }
+        Command::Train { teacher, format, group, clip, data, out_dir, resume, train } => {
+            cli::train_cmd(&teacher, &format, group, clip.as_deref(), &data, &out_dir, resume, &train, &dev, progress())
+        }
+        Command::Export { teacher, run, out } => cli::export_cmd(&teacher, &run, &out, progress()),
+        Command::Run { teacher, format, group, out, args } => cli::run_cmd(&teacher, &format, group, &out, &args, &dev, progress()),
+        Command::Demo { work, out, seed, pretrain_steps, qat_steps } => {
+            cli::demo_cmd(&work, &out, seed, pretrain_steps, qat_steps, &dev, progress())
+        }
         Command::Quantize { teacher, format, group, float_dtype, clip, out } => {
             let opts = ConvertOptions {
                 format: parse_dtype("--format", &format)?,

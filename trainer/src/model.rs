@@ -6,6 +6,7 @@
 //! RMSNorm, rotate-half RoPE and the softmax are written here from basic ops
 //! (tests/model.rs checks that every parameter gets a nonzero gradient).
 
+use crate::causal_softmax::causal_softmax;
 use crate::fake_quant::{fake_quant, ste, QuantSpec};
 use anyhow::{bail, ensure, Context, Result};
 use bd_formats::config::{ModelConfig, TensorRole, TensorSpec};
@@ -190,10 +191,9 @@ impl Llama {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (_, s) = ids.dims2()?;
         let mut x = self.embed_tokens(ids)?;
-        let mask = causal_mask(s, 0, &self.device)?;
         let (cos, sin) = self.rope_at(0, s)?;
         for blk in &self.blocks {
-            x = self.block_forward(blk, &x, &cos, &sin, &mask, None, None)?;
+            x = self.block_forward(blk, &x, &cos, &sin, &Mask::Causal { past: 0 }, None, None)?;
         }
         self.head(&x)
     }
@@ -217,10 +217,10 @@ impl Llama {
         }
         let mut x = self.embed_tokens(ids)?;
         let mask = match left_pad {
-            None => causal_mask(s, past, &self.device)?,
+            None => Mask::Causal { past },
             Some(pad) => {
                 ensure!(pad.len() == b, "left_pad has {} rows, the batch {b}", pad.len());
-                padded_causal_mask(s, past, pad, &self.device)?
+                Mask::Additive(padded_causal_mask(s, past, pad, &self.device)?)
             }
         };
         let (cos, sin) = self.rope_at(past, s)?;
@@ -250,9 +250,8 @@ impl Llama {
     /// `capture`, also the inputs of its linears (for clipping).
     pub fn block(&self, layer: usize, x: &Tensor, capture: Option<&mut Option<BlockInputs>>) -> Result<Tensor> {
         let (_, s, _) = x.dims3()?;
-        let mask = causal_mask(s, 0, &self.device)?;
         let (cos, sin) = self.rope_at(0, s)?;
-        self.block_forward(&self.blocks[layer], x, &cos, &sin, &mask, None, capture)
+        self.block_forward(&self.blocks[layer], x, &cos, &sin, &Mask::Causal { past: 0 }, None, capture)
     }
 
     fn rope_at(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
@@ -269,7 +268,7 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &Mask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         capture: Option<&mut Option<BlockInputs>>,
     ) -> Result<Tensor> {
@@ -294,8 +293,12 @@ impl Llama {
         }
         let k = repeat_kv(&k, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
-        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?.broadcast_add(mask)?;
-        let attn = softmax(&scores)?.matmul(&v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probs = match mask {
+            Mask::Causal { past } => causal_softmax(&q.matmul(&k.t()?)?, scale, *past)?,
+            Mask::Additive(m) => softmax(&q.matmul(&k.t()?)?.affine(scale, 0.0)?.broadcast_add(m)?)?,
+        };
+        let attn = probs.matmul(&v)?;
         let attn_out = attn.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         let x = (x + linear(&attn_out, &self.weight(&blk.o_proj)?)?)?;
 
@@ -377,11 +380,12 @@ fn rope_tables(c: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec(cos, (c.max_context, d), device)?, Tensor::from_vec(sin, (c.max_context, d), device)?))
 }
 
-/// `[s, past + s]`: 0 where query `i` (at position `past + i`) may see key `j`, -inf elsewhere.
-fn causal_mask(s: usize, past: usize, device: &Device) -> Result<Tensor> {
-    let total = past + s;
-    let m: Vec<f32> = (0..s).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Ok(Tensor::from_vec(m, (s, total), device)?)
+/// Which keys each query sees.
+enum Mask {
+    /// Query `i` (at position `past + i`) sees keys `0..=past + i`: the fused [`causal_softmax`].
+    Causal { past: usize },
+    /// An additive mask broadcast onto the scores (left-padded generation).
+    Additive(Tensor),
 }
 
 /// `[batch, 1, s, past + s]`: the causal mask with, for row `b`, the keys before `pad[b]` hidden

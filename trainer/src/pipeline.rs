@@ -54,9 +54,13 @@ pub struct RunOptions {
     /// Longest training sequence in tokens.
     pub seq_len: usize,
     pub holdout: f64,
+    /// Optimizer steps; `None`: `epochs` passes over the training sequences.
+    pub steps: Option<usize>,
+    pub epochs: f64,
     pub train: TrainOptions,
     pub eval: Option<EvalText>,
     pub progress: bool,
+    pub device: Device,
 }
 
 /// Learning rate for a model of `params` parameters: the reference's 8e-6 at 7B, larger for smaller
@@ -64,6 +68,20 @@ pub struct RunOptions {
 /// `8e-6 * sqrt(7e9 / params)`, between 8e-6 and 2e-3.
 pub fn default_lr(params: usize) -> f64 {
     (8e-6 * (7e9 / params.max(1) as f64).sqrt()).clamp(8e-6, 2e-3)
+}
+
+/// Optimizer steps for a run: `steps`, or enough for `epochs` passes over `n_train` sequences
+/// (at least one step).
+pub fn resolve_steps(steps: Option<usize>, epochs: f64, n_train: usize, t: &TrainOptions) -> Result<usize> {
+    match steps {
+        Some(0) => anyhow::bail!("--steps must be positive"),
+        Some(s) => Ok(s),
+        None => {
+            anyhow::ensure!(epochs > 0.0 && epochs.is_finite(), "--epochs must be a positive number");
+            let per_step = (t.batch.min(n_train) * t.optim.accumulation).max(1) as f64;
+            Ok(((epochs * n_train as f64) / per_step).ceil().max(1.0) as usize)
+        }
+    }
 }
 
 /// One row of the perplexity table.
@@ -92,7 +110,7 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     let config = ckpt.config().clone();
     let spec = QuantSpec::for_model(opts.spec.format, opts.spec.group, &config)?;
     std::fs::create_dir_all(&opts.work).with_context(|| format!("cannot create work directory {}", opts.work.display()))?;
-    let dev = Device::Cpu;
+    let dev = opts.device.clone();
     let tok = load_tokenizer(ckpt.tokenizer_json())?;
     let fp_tensors = ckpt.load_all().context("cannot load teacher")?;
     let teacher = Llama::from_tensors(config.clone(), fp_tensors.clone(), &dev)?.inference();
@@ -149,6 +167,8 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     }
     let seqs = read_sequences(&data_path, &tok, config.bos_id, config.vocab_size, opts.seq_len)?;
     let (train_set, heldout) = split(seqs, opts.holdout, opts.train.seed)?;
+    let mut topts = opts.train.clone();
+    topts.optim.total_steps = resolve_steps(opts.steps, opts.epochs, train_set.len(), &topts)?;
 
     // 3. Training.
     let train_dir = opts.work.join("train");
@@ -163,17 +183,17 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
             "train",
             format!(
                 "{} on {} sequences ({} held out), {} steps of {}x{} sequences, lr {:.2e}",
-                opts.train.loss,
+                topts.loss,
                 train_set.len(),
                 heldout.len(),
-                opts.train.optim.total_steps,
-                opts.train.optim.accumulation,
-                opts.train.batch,
-                opts.train.optim.lr
+                topts.optim.total_steps,
+                topts.optim.accumulation,
+                topts.batch,
+                topts.optim.lr
             ),
         );
         let start = Instant::now();
-        let s = train(&mut student, &teacher, &train_set, &heldout, &train_dir, &opts.train, &spec.describe(), true, opts.progress)?;
+        let s = train(&mut student, &teacher, &train_set, &heldout, &train_dir, &topts, &spec.describe(), true, opts.progress)?;
         eprintln!("   trained in {:.1} s; curve {}", start.elapsed().as_secs_f64(), files.plot().display());
         s.json
     };
@@ -244,7 +264,7 @@ fn evaluate(
     let cache_path = opts.work.join("eval.json");
     let mut cache: Value = std::fs::read(&cache_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(json!({}));
     let key = format!("{key} | {}", spec.describe());
-    let dev = Device::Cpu;
+    let dev = opts.device.clone();
     let mut rows = Vec::new();
     let mut cached_ppl = |name: &str, build: &dyn Fn() -> Result<Llama>| -> Result<f64> {
         if let Some(p) = cache[&key][name].as_f64() {

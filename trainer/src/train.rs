@@ -388,6 +388,11 @@ pub fn train(
             last_print = Instant::now();
         }
         record(rec, &mut metrics)?;
+        // A hard stop at a chosen step, for the resume test: `abort` ends the process at once, as a
+        // kill would, with no unwinding and no file closed cleanly.
+        if std::env::var("BD_TRAIN_ABORT_AFTER_STEP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(step + 1) {
+            std::process::abort();
+        }
         if (step + 1) % opts.save_every == 0 || last {
             let mut t = student_tensors(student)?;
             let (ms, vs) = opt.state();
