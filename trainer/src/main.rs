@@ -207,9 +207,11 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value_t = 600)]
+        /// Optimizer steps of teacher pretraining (32 windows of 127 tokens each).
+        #[arg(long, default_value_t = 400)]
         pretrain_steps: usize,
-        #[arg(long, default_value_t = 300)]
+        /// Optimizer steps of distillation (16 sequences each).
+        #[arg(long, default_value_t = 150)]
         qat_steps: usize,
     },
     /// Write a random LLaMA checkpoint (the test fixture's tokenizer) for speed and memory runs.

@@ -46,8 +46,8 @@ impl Default for DemoOptions {
             work: "demo-work".into(),
             out: "demo.bd2".into(),
             seed: 0,
-            pretrain_steps: 600,
-            qat_steps: 300,
+            pretrain_steps: 400,
+            qat_steps: 150,
             progress: false,
             device: Device::Cpu,
         }
@@ -205,7 +205,7 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
     let train_docs = corpus::documents(1000, opts.seed.wrapping_mul(3).wrapping_add(11));
     write_docs(&train_txt, &train_docs)?;
     write_atomic(&valid_txt, corpus::documents(400, opts.seed.wrapping_mul(3).wrapping_add(12)).join(" ").as_bytes())?;
-    let lines: Vec<String> = corpus::documents(1600, opts.seed.wrapping_mul(3).wrapping_add(13))
+    let lines: Vec<String> = corpus::documents(800, opts.seed.wrapping_mul(3).wrapping_add(13))
         .iter()
         .map(|d| json!({"prompt": d.split(' ').take(3).collect::<Vec<_>>().join(" ")}).to_string())
         .collect();
@@ -268,7 +268,15 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
 
     println!("\nPerplexity on {} ({} parameters, int2 g32):\n", report.eval_desc, params);
     print!("{}", pipeline::table(&report.rows));
-    println!("\ngamma {:.4}, loss curve {}", report.summary["gamma"].as_f64().unwrap_or(f64::NAN), run.work.join("train/loss.svg").display());
+    let nll = |name: &str| report.rows.iter().find(|r| r.name.starts_with(name)).map(|r| r.ppl.ln());
+    if let (Some(fp), Some(rtn), Some(bd)) = (nll("fp"), nll("RTN"), nll("BitDistiller")) {
+        println!(
+            "\nBitDistiller recovers {:.0}% of the log-perplexity that 2-bit rounding loses (clipping alone: {:.0}%).",
+            100.0 * (rtn - bd) / (rtn - fp),
+            100.0 * (rtn - nll("clip").unwrap_or(rtn)) / (rtn - fp)
+        );
+    }
+    println!("gamma {:.4}, loss curve {}", report.summary["gamma"].as_f64().unwrap_or(f64::NAN), run.work.join("train/loss.svg").display());
 
     // 4. Generations from the runtime: the fp teacher, plain 2-bit rounding and the distilled file.
     let fp = w.join("teacher-f32.bd2");
