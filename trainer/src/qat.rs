@@ -162,6 +162,26 @@ impl Batch {
         );
         Ok(Self { ids, mask })
     }
+
+    /// Each position's next data token, flattened row by row (0 after the last position).
+    pub fn targets(&self) -> Vec<u32> {
+        self.ids.iter().flat_map(|r| r[1..].iter().copied().chain([0])).collect()
+    }
+
+    /// The 0/1 weight of every position in `loss`, flattened row by row: the mask, and for
+    /// cross-entropy also 0 where the next token is masked (padding) and at each row's end.
+    pub fn loss_mask(&self, loss: Loss) -> Vec<f32> {
+        let mut mask: Vec<f32> = self.mask.concat();
+        if loss == Loss::CrossEntropy {
+            let s = self.ids[0].len();
+            for (r, row) in self.mask.iter().enumerate() {
+                for t in 0..s {
+                    mask[r * s + t] *= if t + 1 < s { row[t + 1] } else { 0.0 };
+                }
+            }
+        }
+        mask
+    }
 }
 
 /// What one micro-batch gave.
@@ -196,18 +216,8 @@ pub fn micro_step(
     let logits = student.forward(&ids)?;
     let vocab = logits.dim(2)?;
     let flat = logits.reshape((b * s, vocab))?;
-    let mut mask: Vec<f32> = batch.mask.iter().flatten().copied().collect();
-    let targets: Vec<u32> = batch.ids.iter().flat_map(|r| r[1..].iter().copied().chain([0])).collect();
-    if loss == Loss::CrossEntropy {
-        for r in 0..b {
-            for t in 0..s {
-                let next = if t + 1 < s { batch.mask[r][t + 1] } else { 0.0 };
-                mask[r * s + t] *= next;
-            }
-        }
-    }
-    let mask = Tensor::from_vec(mask, b * s, &dev)?;
-    let targets = Tensor::from_vec(targets, b * s, &dev)?;
+    let mask = Tensor::from_vec(batch.loss_mask(loss), b * s, &dev)?;
+    let targets = Tensor::from_vec(batch.targets(), b * s, &dev)?;
     let teacher_logits = match (loss.needs_teacher(), teacher) {
         (true, Some(t)) => t.forward(&ids)?.reshape((b * s, vocab))?.detach(),
         (true, None) => anyhow::bail!("loss {} needs a teacher", loss.name()),

@@ -159,8 +159,7 @@ pub fn estimate_gamma(teacher: &Llama, seqs: &[Sequence], opts: &TrainOptions) -
         let (bs, s) = (b.ids.len(), b.ids[0].len());
         let logits = teacher.forward(&ids_tensor(&rows, teacher.device())?)?.reshape((bs * s, teacher.config.vocab_size))?;
         let mask = Tensor::from_vec(b.mask.concat(), bs * s, teacher.device())?;
-        let targets: Vec<u32> = b.ids.iter().flat_map(|r| r[1..].iter().copied().chain([0])).collect();
-        let targets = Tensor::from_vec(targets, bs * s, teacher.device())?;
+        let targets = Tensor::from_vec(b.targets(), bs * s, teacher.device())?;
         mean.add(opts.gamma_estimator, &logits, &mask, Some(&targets))?;
     }
     mean.value().context("no token to estimate gamma on")
@@ -181,17 +180,8 @@ pub fn heldout_loss(student: &mut Llama, teacher: &Llama, loss: Loss, seqs: &[Se
             let ids = ids_tensor(&rows, student.device())?;
             let ls = student.forward(&ids)?.reshape((bs * s, v))?;
             let lt = teacher.forward(&ids)?.reshape((bs * s, v))?;
-            let mut mask = b.mask.concat();
-            if loss == Loss::CrossEntropy {
-                for r in 0..bs {
-                    for t in 0..s {
-                        mask[r * s + t] *= if t + 1 < s { b.mask[r][t + 1] } else { 0.0 };
-                    }
-                }
-            }
-            let targets: Vec<u32> = b.ids.iter().flat_map(|r| r[1..].iter().copied().chain([0])).collect();
-            let targets = Tensor::from_vec(targets, bs * s, student.device())?;
-            let mask = Tensor::from_vec(mask, bs * s, student.device())?;
+            let targets = Tensor::from_vec(b.targets(), bs * s, student.device())?;
+            let mask = Tensor::from_vec(b.loss_mask(loss), bs * s, student.device())?;
             let rows_per = opts.optim.chunk_rows.max(1);
             for start in (0..bs * s).step_by(rows_per) {
                 let n = rows_per.min(bs * s - start);
