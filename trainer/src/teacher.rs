@@ -196,7 +196,7 @@ pub fn read_samples(path: &Path, repair: bool) -> Result<Vec<Sample>> {
 
 /// Generate teacher data for `prompts` into `out` (appending; see the module docs).
 pub fn generate_data(teacher: &Llama, tok: &Tokenizer, prompts: &[String], out: &Path, opts: &GenOptions) -> Result<GenReport> {
-    ensure!(opts.batch > 0, "--batch must be positive");
+    ensure!(opts.batch > 0, "--gen-batch must be positive");
     ensure!(opts.max_new > 0, "--max-new must be positive");
     ensure!(opts.temperature >= 0.0 && opts.temperature.is_finite(), "--temp must be a finite number >= 0");
     ensure!(opts.top_p > 0.0 && opts.top_p <= 1.0, "--top-p must be in (0, 1]");
@@ -226,6 +226,7 @@ pub fn generate_data(teacher: &Llama, tok: &Tokenizer, prompts: &[String], out: 
         .open(out)
         .with_context(|| format!("cannot open {} for appending", out.display()))?;
     let (mut generated, mut new_tokens) = (0, 0);
+    let mut last_print = Instant::now();
     for batch_start in (0..total).step_by(opts.batch) {
         let indices: Vec<usize> = (batch_start..(batch_start + opts.batch).min(total)).collect();
         if indices.iter().all(|i| done.contains(i)) {
@@ -245,6 +246,11 @@ pub fn generate_data(teacher: &Llama, tok: &Tokenizer, prompts: &[String], out: 
         bar.set_position((batch_start + indices.len()).min(total) as u64);
         let secs = start.elapsed().as_secs_f64();
         bar.set_message(format!("{:.0} tok/s", new_tokens as f64 / secs.max(1e-9)));
+        // Without a terminal (logs, CI), a line every 10 s instead of the bar.
+        if !opts.progress && last_print.elapsed().as_secs_f64() > 10.0 {
+            eprintln!("gen-data: {}/{total} prompts, {}", bar.position(), bar.message());
+            last_print = Instant::now();
+        }
     }
     file.sync_all().ok();
     bar.finish_and_clear();
