@@ -207,7 +207,7 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Optimizer steps of teacher pretraining (32 windows of 127 tokens each).
+        /// Optimizer steps of teacher pretraining (32 windows of 63 tokens each).
         #[arg(long, default_value_t = 400)]
         pretrain_steps: usize,
         /// Optimizer steps of distillation (16 sequences each).

@@ -175,7 +175,9 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     let files = crate::train::RunFiles::new(&train_dir);
     let mut student = Llama::from_tensors(config.clone(), clipped.clone(), &dev)?;
     student.quant = Some(spec);
-    let summary = if let Some(s) = std::fs::read(files.summary()).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+    let cached = std::fs::read(files.summary()).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    // A finished run asked for more steps (constant schedule) continues from its checkpoint.
+    let summary = if let Some(s) = cached.filter(|s| s["steps"].as_u64() == Some(topts.optim.total_steps as u64)) {
         stage("train", format!("cached {}", files.summary().display()));
         s
     } else {

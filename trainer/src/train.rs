@@ -254,7 +254,13 @@ pub fn train(
     ensure!(!train_set.is_empty(), "no training sequences");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let files = RunFiles::new(dir);
-    let fingerprint = json!({"options": opts.to_json(), "student": spec, "train_sequences": train_set.len(),
+    // With a constant schedule the step count changes nothing before the last step, so it is left
+    // out: a finished run can be extended with more steps (the same weights as a longer run).
+    let mut options = opts.to_json();
+    if o.schedule == Schedule::Constant {
+        options["steps"] = Value::Null;
+    }
+    let fingerprint = json!({"options": options, "student": spec, "train_sequences": train_set.len(),
         "heldout_sequences": heldout.len(), "train_tokens": train_set.iter().map(|s| s.ids.len()).sum::<usize>()});
     let names_vars = trainable(student, opts.freeze_float);
     let vars: Vec<&Var> = names_vars.iter().map(|(_, v)| v).collect();
@@ -273,6 +279,13 @@ pub fn train(
                 fingerprint
             );
         }
+        let done = state["step"].as_u64().context("no step")? as usize;
+        ensure!(
+            done <= o.total_steps,
+            "{} is at step {done}, past the {} steps asked for",
+            files.checkpoint().display(),
+            o.total_steps
+        );
         load_student(student, &tensors)?;
         let (m, v) = (with_prefix(&tensors, "adam_m/"), with_prefix(&tensors, "adam_v/"));
         let moment = |map: &std::collections::HashMap<&str, &NamedTensor>, name: &str| -> Result<Tensor> {
@@ -282,7 +295,7 @@ pub fn train(
         let ms = names_vars.iter().map(|(n, _)| moment(&m, n)).collect::<Result<Vec<_>>>()?;
         let vs = names_vars.iter().map(|(n, _)| moment(&v, n)).collect::<Result<Vec<_>>>()?;
         opt = AdamW::from_state(ms, vs, state["adam_steps"].as_u64().context("no adam_steps")? as usize);
-        start_step = state["step"].as_u64().context("no step")? as usize;
+        start_step = done;
         gamma = state["gamma"].as_f64();
         best = (state["best_loss"].as_f64(), state["best_step"].as_u64().map(|s| s as usize));
         metrics = read_metrics(&files.metrics(), start_step)?;

@@ -213,13 +213,28 @@ fn a_killed_training_run_resumes_to_the_same_weights() {
     let svg = std::fs::read_to_string(b.join("loss.svg")).unwrap();
     assert!(svg.contains("<polyline") && svg.contains("held-out loss"));
 
+    // A finished run extended to 12 steps ends where a 12-step run does (constant schedule).
+    let mut longer = train_args(hf, &data, a_s);
+    longer.extend(["--resume"]);
+    let i = longer.iter().position(|&x| x == "9").unwrap();
+    longer[i] = "12";
+    ok(&bd_train(&longer));
+    let c = dir.path().join("c");
+    let mut fresh = train_args(hf, &data, c.to_str().unwrap());
+    fresh[i] = "12";
+    ok(&bd_train(&fresh));
+    let (_, ta) = checkpoint::load(&a.join("checkpoint.safetensors")).unwrap();
+    let (sc, tc) = checkpoint::load(&c.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(sc["step"], 12);
+    assert!(ta.iter().zip(&tc).all(|(x, y)| x.2 == y.2), "an extended run differs from a longer one");
+
     // Export: the .bd2 carries the summary and holds the student's fake-quantized weights.
     let out = dir.path().join("s.bd2");
     ok(&bd_train(&["export", "--teacher", hf, "--run", a_s, "--out", out.to_str().unwrap()]));
     let file = Bd2File::open(&out, ReadOptions::default()).unwrap();
     let training = file.header().quant.training.clone().unwrap();
     assert_eq!(training["loss"], "cakld");
-    assert_eq!(training["steps"], 9);
+    assert_eq!(training["steps"], 12);
     assert!(training["gamma"].as_f64().unwrap() > 0.0);
 }
 

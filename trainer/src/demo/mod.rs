@@ -54,8 +54,8 @@ impl Default for DemoOptions {
     }
 }
 
-/// The teacher's shape: small enough to pretrain in about a minute on two cores, deep enough that
-/// 2-bit rounding hurts. The MLP width 176 is not a multiple of the group 32, so the demo also
+/// The teacher's shape: small enough to pretrain in a few minutes on two cores, deep enough that
+/// 2-bit rounding hurts; a context of 64 tokens holds about two documents. The MLP width 176 is not a multiple of the group 32, so the demo also
 /// exercises partial groups.
 pub fn teacher_config() -> ModelConfig {
     ModelConfig {
@@ -69,7 +69,7 @@ pub fn teacher_config() -> ModelConfig {
         vocab_size: corpus::vocab_size(),
         rope_theta: 10000.0,
         rms_eps: 1e-5,
-        max_context: 128,
+        max_context: 64,
         tied_embeddings: true,
         bos_id: 1,
         eos_id: 2,
@@ -240,11 +240,11 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
         out: opts.out.clone(),
         prompts: prompts.clone(),
         prompt: PromptOptions { n: None, seed: opts.seed, ..PromptOptions::default() },
-        gen: GenOptions { max_new: 128, temperature: 0.7, top_p: 1.0, seed: opts.seed, batch: 100, progress: opts.progress },
+        gen: GenOptions { max_new: 64, temperature: 0.7, top_p: 1.0, seed: opts.seed, batch: 100, progress: opts.progress },
         calib: Some(train_txt.clone()),
         clip: true,
         calib_docs: 128,
-        seq_len: 128,
+        seq_len: 64,
         holdout: 0.1,
         steps: Some(opts.qat_steps),
         epochs: 0.0,
