@@ -39,6 +39,7 @@ macro_rules! unroll {
 }
 
 mod act;
+mod nf_int;
 mod reference;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,8 @@ mod avx2_float;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_float;
+#[cfg(target_arch = "x86_64")]
+mod avx512_nf;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "aarch64")]
@@ -250,9 +253,9 @@ impl Kernels {
                 };
                 par_rows(rows, cols, n, n, f);
             }
-            (_, WeightData::Quant(p)) if !p.format().is_nf() => {
+            (_, WeightData::Quant(p)) if !p.format().is_nf() || self.nf_integer(&p) => {
                 assert_eq!((p.layout.rows, p.layout.cols), (rows, cols), "weight shape");
-                let act = scratch.act.quantize(x, n, cols, p.layout.group);
+                let act = scratch.act.quantize(x, n, cols, p.layout.group, p.format().is_nf());
                 let f =
                     |r0: usize, r1: usize, k0: usize, k1: usize| unsafe { self.int_rows(&p, &act, k0, k1, r0, r1, out, rows) };
                 par_rows(rows, cols, n, panel(2 * cols), f);
@@ -269,7 +272,14 @@ impl Kernels {
         }
     }
 
-    /// INT formats, inputs `k0..k1` of `act`, rows `r0..r1`.
+    /// Whether NF weights `p` take the integer scheme (`nf_int.rs`) rather than exact f32: the
+    /// AVX-512 kernels, groups of at least 32.
+    #[doc(hidden)]
+    pub fn nf_integer(&self, p: &PackedMatrix) -> bool {
+        p.format().is_nf() && self.isa == Isa::Avx512 && p.layout.group >= nf_int::MIN_GROUP
+    }
+
+    /// INT formats (and NF ones where `nf_integer`), inputs `k0..k1` of `act`, rows `r0..r1`.
     #[allow(clippy::too_many_arguments, unused_variables)]
     unsafe fn int_rows(
         &self,
@@ -284,6 +294,8 @@ impl Kernels {
     ) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false),
@@ -292,7 +304,8 @@ impl Kernels {
             _ => {
                 for k in k0..k1 {
                     for r in r0..r1 {
-                        *out.0.add(k * ys + r) = act::int_row_twin(p, r, act, k);
+                        *out.0.add(k * ys + r) =
+                            if p.format().is_nf() { nf_int::nf_row_twin(p, r, act, k) } else { act::int_row_twin(p, r, act, k) };
                     }
                 }
             }
@@ -319,15 +332,16 @@ impl Kernels {
         }
     }
 
-    /// The scalar twin of the integer INT kernels (tests and `kernel_speed` compare against it).
+    /// The scalar twin of the integer kernels, INT or NF (tests and `kernel_speed` compare
+    /// against it).
     #[doc(hidden)]
     pub fn int_twin_matvec(w: &Weight, x: &[f32], y: &mut [f32]) {
         let WeightData::Quant(p) = w.data else { panic!("int_twin_matvec needs a quantized weight") };
-        assert!(!p.format().is_nf(), "int_twin_matvec needs an INT format");
+        let nf = p.format().is_nf();
         let mut buf = ActBuf::new(w.cols, 1);
-        let act = buf.quantize(x, 1, w.cols, p.layout.group);
+        let act = buf.quantize(x, 1, w.cols, p.layout.group, false);
         for (r, yr) in y.iter_mut().enumerate() {
-            *yr = act::int_row_twin(&p, r, &act, 0);
+            *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0) } else { act::int_row_twin(&p, r, &act, 0) };
         }
     }
 }
