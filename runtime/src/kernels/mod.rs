@@ -53,6 +53,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_float;
 #[cfg(target_arch = "x86_64")]
+mod avx512_int;
+#[cfg(target_arch = "x86_64")]
 mod avx512_nf;
 #[cfg(target_arch = "aarch64")]
 mod neon;

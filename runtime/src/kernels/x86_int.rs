@@ -20,18 +20,19 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
+use super::avx512_int;
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
 /// Chunks per window: the factors of a window's segments are computed before its chunks.
-const WCH: usize = 32;
+pub(super) const WCH: usize = 32;
 /// Segments per window at most (8 per chunk when G = 16).
-const WSEG: usize = WCH * 8;
+pub(super) const WSEG: usize = WCH * 8;
 /// Largest rows x inputs tile.
-const MAX_TILE: usize = 8;
+pub(super) const MAX_TILE: usize = 8;
 
-fn chunk_bytes(bits: u32) -> usize {
+pub(super) fn chunk_bytes(bits: u32) -> usize {
     [0, 0, 32, 48, 64][bits as usize]
 }
 
@@ -160,8 +161,12 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
         let mut r = r0;
         if VNNI {
             while r + 8 <= r1 {
-                block::<B, SEGS, 8, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 8>(p, act, r, k, y, ys, &mut fbuf);
                 r += 8;
+            }
+            while r + 2 <= r1 {
+                avx512_int::pair_block::<B, SEGS, 2>(p, act, r, k, y, ys, &mut fbuf);
+                r += 2;
             }
         }
         while r + 4 <= r1 {
@@ -179,7 +184,7 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
 /// One chunk of one row: the code lane (and the int4 second lane, or the int3 high plane
 /// broadcast to both halves).
 #[inline(always)]
-unsafe fn load_raw<const B: u32>(p: *const u8) -> [__m256i; 2] {
+pub(super) unsafe fn load_raw<const B: u32>(p: *const u8) -> [__m256i; 2] {
     let lo = _mm256_loadu_si256(p as *const __m256i);
     let hi = match B {
         3 => _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i)),
@@ -291,7 +296,7 @@ pub(super) unsafe fn prefetch(p: *const u8) {
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -304,7 +309,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn prep<const B: u32, const R: usize, const C: usize>(
+pub(super) unsafe fn prep<const B: u32, const R: usize, const C: usize>(
     scales: &[*const u16; R],
     zeros: &[*const u8; R],
     dseg: &[*const f32; C],
