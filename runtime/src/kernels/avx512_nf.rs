@@ -14,7 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::nf_int::{levels16, TMAX};
+use super::nf_int::{levels16, pair_offset, TMAX};
 use super::x86_int::prefetch;
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
@@ -52,26 +52,36 @@ unsafe fn rows<const B: u32, const G: usize>(
     y: *mut f32,
     ys: usize,
 ) {
+    // Groups of 64 and more: the 512-bit kernel.
+    macro_rules! tile {
+        ($r:literal, $c:literal, $r0:expr, $k:expr) => {
+            if G >= 64 {
+                block_z::<B, G, $r, $c>(p, act, $r0, $k, y, ys)
+            } else {
+                block::<B, G, $r, $c>(p, act, $r0, $k, y, ys)
+            }
+        };
+    }
     let mut k = k0;
     while k + 2 <= k1 {
         let mut r = r0;
         while r + 2 <= r1 {
-            block::<B, G, 2, 2>(p, act, r, k, y, ys);
+            tile!(2, 2, r, k);
             r += 2;
         }
         if r < r1 {
-            block::<B, G, 1, 2>(p, act, r, k, y, ys);
+            tile!(1, 2, r, k);
         }
         k += 2;
     }
     if k < k1 {
         let mut r = r0;
         while r + 4 <= r1 {
-            block::<B, G, 4, 1>(p, act, r, k, y, ys);
+            tile!(4, 1, r, k);
             r += 4;
         }
         while r < r1 {
-            block::<B, G, 1, 1>(p, act, r, k, y, ys);
+            tile!(1, 1, r, k);
             r += 1;
         }
     }
@@ -153,6 +163,126 @@ unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
     acc
 }
 
+/// `vpdpwssd` on 512-bit registers (see `dpwssd`).
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpwssd_z(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!("vpdpwssd {0}, {1}, {2}", inout(zmm_reg) acc, in(zmm_reg) a, in(zmm_reg) b, options(pure, nomem, nostack));
+    acc
+}
+
+/// Lookup indices of the even and of the odd elements of blocks `2h` and `2h + 1` of the chunk
+/// at `cp` (low and high 256 bits), for 512-bit `vpermw` on a table repeated in both halves (it
+/// reads bits 0-4 of each word). The code words are broadcast to both halves and shifted by a
+/// different count in each: 32-bit shifts (by at most 12, or at most 6 for NF3's 2-bit fields)
+/// move each word's own bits into its low bits.
+#[inline(always)]
+unsafe fn index_z<const B: u32>(cp: *const u8, h: usize) -> [__m512i; 2] {
+    let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+    if B == 4 {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
+        [_mm512_srlv_epi32(v, c(0, 4)), _mm512_srlv_epi32(v, c(8, 12))]
+    } else {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+        let s = 4 * h as i32;
+        let a = _mm512_srlv_epi32(v, c(s, s + 2));
+        // High bits (see `code_block`), per 128-bit quarter: fields 2h (bytes 0-15, 16-31) and
+        // 2h + 1 (bytes 0-15, 16-31) need bits 2t and 2t + 1 of the high plane at bit 2: a
+        // rotation right by 2t - 2 and 2t - 1 (modulo 32: a rotation by 30 or 31 moves bit 0
+        // or 1 of the same byte there).
+        let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
+        let q = |a: i32, b: i32, c: i32, d: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, c, c, c, c, d, d, d, d);
+        let hs = _mm512_rorv_epi32(hb, q((s + 30) % 32, (s + 31) % 32, s, s + 1));
+        let w = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(4));
+        [w, _mm512_srli_epi16::<8>(w)]
+    }
+}
+
+/// 512-bit version of `block` for groups of 64 and more: blocks `2h` and `2h + 1` of a chunk
+/// (one group) share a register, so a chunk takes 4 lookups and 4 `vpdpwssd` per row instead of
+/// 8 of each (NF3: 16 instructions per row and chunk instead of 31).
+#[inline(always)]
+unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    r0: usize,
+    k0: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let l = &p.layout;
+    let nch = l.padded_cols() / CHUNK;
+    let cb = if B == 3 { 48 } else { 64 };
+    let spc = segs_per_chunk(G);
+    let base = p.bytes().as_ptr();
+    let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
+    let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
+    let xp: [*const i16; C] = from_fn(|k| act.xp(k0 + k).as_ptr());
+    let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
+    let lv = levels16(l.format);
+    let levels = _mm512_loadu_ps(lv.as_ptr());
+    let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
+    for r in 0..R {
+        prefetch(scales[r].wrapping_add(R * l.row_scale_bytes));
+    }
+
+    let mut facc = [[_mm512_setzero_ps(); C]; R];
+    let mut acc = [[_mm512_setzero_si512(); C]; R];
+    let mut tab = [_mm512_setzero_si512(); R];
+    let mut fac = _mm256_setzero_ps();
+    for cc in 0..nch {
+        for r in 0..R {
+            let cp = codes[r].add(cc * cb);
+            // The same chunk of the next block of rows (see x86_int::prefetch).
+            prefetch(cp.wrapping_add(R * l.row_code_bytes));
+            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+        }
+        unroll!(h in [0, 1] {
+            let e = cc * CHUNK + 64 * h;
+            if e % G == 0 {
+                let mut t16 = [_mm256_setzero_si256(); R];
+                fac = tables::<R>(levels, sel, &scales, (e / G).min(l.groups - 1), &mut t16);
+                for r in 0..R {
+                    tab[r] = _mm512_broadcast_i64x4(t16[r]);
+                }
+            }
+            let mut idx = [[_mm512_setzero_si512(); 2]; R];
+            for r in 0..R {
+                idx[r] = index_z::<B>(codes[r].add(cc * cb), h);
+            }
+            unroll!(odd in [0, 1] {
+                let mut lk = [_mm512_setzero_si512(); R];
+                for r in 0..R {
+                    lk[r] = _mm512_permutexvar_epi16(idx[r][odd], tab[r]);
+                }
+                for k in 0..C {
+                    let xv = _mm512_loadu_si512(xp[k].add(cc * CHUNK + pair_offset(2 * h, odd)) as *const __m512i);
+                    for r in 0..R {
+                        acc[r][k] = dpwssd_z(acc[r][k], lk[r], xv);
+                    }
+                }
+            });
+            // A segment ends with its group or its chunk.
+            if (64 * h + 64) % G.min(CHUNK) == 0 {
+                for k in 0..C {
+                    let fd = _mm512_castps256_ps512(_mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc))));
+                    for r in 0..R {
+                        let f = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r as i32), fd);
+                        facc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
+                        acc[r][k] = _mm512_setzero_si512();
+                    }
+                }
+            }
+        });
+    }
+    for r in 0..R {
+        for k in 0..C {
+            *y.add((k0 + k) * ys + r0 + r) = _mm512_reduce_add_ps(facc[r][k]);
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -219,7 +349,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                     lk[r] = _mm256_permutexvar_epi16(index(cw[r], odd), tab[r]);
                 }
                 for k in 0..C {
-                    let xv = _mm256_loadu_si256(xp[k].add(e + 16 * odd) as *const __m256i);
+                    let xv = _mm256_loadu_si256(xp[k].add(cc * CHUNK + pair_offset(t, odd)) as *const __m256i);
                     for r in 0..R {
                         acc[r][k] = dpwssd(acc[r][k], lk[r], xv);
                     }

@@ -58,15 +58,27 @@ pub(crate) fn table_entry(l: f32, s: f32, inv: f32) -> i32 {
     (l * (s * inv)).round_ties_even() as i32
 }
 
-/// Put the activations of each 32-element block in the order the lookups produce: the 16 even
-/// elements, then the 16 odd ones (a 16-bit word of packed codes holds one even and one odd code).
+/// Put the activations in the order the lookups produce. A 16-bit word of packed codes holds the
+/// codes of an even and an odd element, so a lookup yields the 16 even or the 16 odd elements of a
+/// 32-element block; a 512-bit lookup covers two neighbouring blocks. So each 64 elements are
+/// stored as: evens of block 0, evens of block 1, odds of block 0, odds of block 1.
 pub(crate) fn pair_order(xq: &[i16], xp: &mut [i16]) {
-    for (src, dst) in xq.chunks_exact(32).zip(xp.chunks_exact_mut(32)) {
-        for k in 0..16 {
-            dst[k] = src[2 * k];
-            dst[16 + k] = src[2 * k + 1];
+    for (src, dst) in xq.chunks_exact(64).zip(xp.chunks_exact_mut(64)) {
+        for odd in 0..2 {
+            for h in 0..2 {
+                for k in 0..16 {
+                    dst[32 * odd + 16 * h + k] = src[32 * h + 2 * k + odd];
+                }
+            }
         }
     }
+}
+
+/// Where the 16 activations of the even (`odd` 0) or odd elements of 32-element block `t` of a
+/// chunk start in `pair_order`.
+#[inline(always)]
+pub(crate) fn pair_offset(t: usize, odd: usize) -> usize {
+    64 * (t / 2) + 32 * odd + 16 * (t % 2)
 }
 
 /// The scalar twin of the integer NF kernels: the same tables and integer sums, combined in row
