@@ -143,7 +143,7 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize>
             }
             for r in 0..R {
                 // As in x86_int::block: the same chunk of the next block of rows.
-                if B != 2 || cc % 2 == 0 {
+                if B != 2 || cc.is_multiple_of(2) {
                     prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb));
                 }
                 if B != 2 {

@@ -115,7 +115,7 @@ unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; 
 unsafe fn code_block<const B: u32>(raw: &[__m256i; 2], t: usize) -> __m256i {
     if B == 4 {
         let v = raw[t / 2];
-        if t % 2 == 0 {
+        if t.is_multiple_of(2) {
             v
         } else {
             _mm256_srli_epi16::<4>(v)
@@ -240,7 +240,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         }
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
-            if e % G == 0 {
+            if e.is_multiple_of(G) {
                 let mut t16 = [_mm256_setzero_si256(); R];
                 fac = tables::<R>(levels, sel, &scales, (e / G).min(l.groups - 1), &mut t16);
                 for r in 0..R {
@@ -264,7 +264,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
                 }
             });
             // A segment ends with its group or its chunk.
-            if (64 * h + 64) % G.min(CHUNK) == 0 {
+            if (64 * h + 64).is_multiple_of(G.min(CHUNK)) {
                 for k in 0..C {
                     let fd = _mm512_castps256_ps512(_mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc))));
                     for r in 0..R {
@@ -336,7 +336,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         }
         unroll!(t in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * t;
-            if e % G == 0 {
+            if e.is_multiple_of(G) {
                 fac = tables::<R>(levels, sel, &scales, (e / G).min(l.groups - 1), &mut tab);
             }
             let mut cw = [_mm256_setzero_si256(); R];
@@ -356,7 +356,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 }
             });
             // A segment ends with its group or its chunk.
-            if (32 * t + 32) % G.min(CHUNK) == 0 {
+            if (32 * t + 32).is_multiple_of(G.min(CHUNK)) {
                 for k in 0..C {
                     let fd = _mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc)));
                     for r in 0..R {
