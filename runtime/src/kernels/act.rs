@@ -67,6 +67,7 @@ pub(crate) struct ActQ<'a> {
     /// `[n][pcols]`, zero past `cols`.
     pub xq: &'a [i16],
     /// `[n][pcols]`: `xq` in pair order, or empty when not asked for.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xp: &'a [i16],
     /// `[n][sstride]`: block scale of each segment, zero past the last one.
     pub dseg: &'a [f32],
@@ -83,6 +84,7 @@ impl<'a> ActQ<'a> {
     pub fn xq(&self, k: usize) -> &'a [i16] {
         &self.xq[k * self.pcols..(k + 1) * self.pcols]
     }
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn xp(&self, k: usize) -> &'a [i16] {
         &self.xp[k * self.pcols..(k + 1) * self.pcols]
     }

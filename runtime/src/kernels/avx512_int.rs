@@ -24,9 +24,16 @@ unsafe fn pair(a: __m256i, b: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
 }
 
+/// `(w >> 2j) & 3` per byte; with `GF`, fields 1-3 in one GFNI affine transform each (the bit
+/// matrix of every byte maps input bits 2j and 2j + 1 to output bits 0 and 1) instead of a shift
+/// and a mask.
 #[inline(always)]
-unsafe fn field2(w: __m512i, j: usize) -> __m512i {
+unsafe fn field2<const GF: bool>(w: __m512i, j: usize) -> __m512i {
     let m3 = _mm512_set1_epi8(3);
+    if GF && j > 0 {
+        let s = 2 * j as i64;
+        return _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(((1i64 << s) << 56) | ((1i64 << (s + 1)) << 48)));
+    }
     match j {
         0 => _mm512_and_si512(w, m3),
         1 => _mm512_and_si512(_mm512_srli_epi16::<2>(w), m3),
@@ -38,9 +45,9 @@ unsafe fn field2(w: __m512i, j: usize) -> __m512i {
 /// `x86_int::field` on a pair of rows: the codes of weights `32j..32j+31` of a chunk, one per
 /// byte.
 #[inline(always)]
-unsafe fn field<const B: u32>(raw: &[__m512i; 2], j: usize) -> __m512i {
+unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> __m512i {
     match B {
-        2 => field2(raw[0], j),
+        2 => field2::<GF>(raw[0], j),
         4 => {
             let m15 = _mm512_set1_epi8(15);
             match j {
@@ -62,7 +69,7 @@ unsafe fn field<const B: u32>(raw: &[__m512i; 2], j: usize) -> __m512i {
                 _ => _mm512_srlv_epi32(h, c(4, 5)),
             };
             // Bit 2 of each byte from hs, the others from the low bits (bit 2 zero there).
-            _mm512_ternarylogic_epi32::<0xD8>(field2(raw[0], j), hs, _mm512_set1_epi8(4))
+            _mm512_ternarylogic_epi32::<0xD8>(field2::<GF>(raw[0], j), hs, _mm512_set1_epi8(4))
         }
     }
 }
@@ -87,7 +94,7 @@ unsafe fn factors<const SEGS: usize>(fb: *const f32, a: usize, b: usize, c: usiz
 /// `R` rows (an even number, at most `MAX_TILE`) from `r0`, input `k0`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize>(
+pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize, const GF: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -160,7 +167,7 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize>
                 let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(xh.add(off) as *const __m256i));
                 let lo = _mm512_broadcast_i64x4(_mm256_loadu_si256(xl.add(off) as *const __m256i));
                 for i in 0..np {
-                    let f = field::<B>(&raw[i], j);
+                    let f = field::<B, GF>(&raw[i], j);
                     ah[i][a] = _mm512_dpbusd_epi32(ah[i][a], f, h);
                     al[i][a] = _mm512_dpbusd_epi32(al[i][a], f, lo);
                 }

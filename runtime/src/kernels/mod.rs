@@ -157,6 +157,8 @@ pub struct Kernels {
     isa: Isa,
     /// NEON only: use the dot-product extension (`sdot`).
     dotprod: bool,
+    /// AVX-512 only: unpack 2-bit fields with GFNI affine transforms (`gf2p8affineqb`).
+    gfni: bool,
 }
 
 static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
@@ -198,7 +200,7 @@ impl Kernels {
     /// Kernels of one ISA. Panics if this CPU does not support it (see [`Kernels::available`]).
     pub fn with_isa(isa: Isa) -> Self {
         assert!(isa.supported(), "the {} kernels are not supported by this CPU", isa.name());
-        Self { isa, dotprod: isa == Isa::Neon && dotprod_supported() }
+        Self { isa, dotprod: isa == Isa::Neon && dotprod_supported(), gfni: isa == Isa::Avx512 && gfni_supported() }
     }
 
     /// NEON kernels without the dot-product extension (tests the fallback on dotprod machines).
@@ -211,10 +213,18 @@ impl Kernels {
         self.isa
     }
 
-    /// A short description for logs, e.g. `avx512` or `neon+dotprod`.
+    /// AVX-512 kernels without GFNI (tests the variant that AVX-512 VNNI CPUs without GFNI run).
+    #[doc(hidden)]
+    pub fn avx512_without_gfni() -> Self {
+        Self { gfni: false, ..Self::with_isa(Isa::Avx512) }
+    }
+
+    /// A short description for logs, e.g. `avx512+gfni` or `neon+dotprod`.
     pub fn describe(&self) -> String {
         if self.dotprod {
             format!("{}+dotprod", self.isa.name())
+        } else if self.gfni {
+            format!("{}+gfni", self.isa.name())
         } else {
             self.isa.name().to_string()
         }
@@ -298,9 +308,9 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true),
+            Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false),
+            Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false, false),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::int_rows(p, act, k0, k1, r0, r1, out.0, ys, self.dotprod),
             _ => {
@@ -345,6 +355,17 @@ impl Kernels {
         for (r, yr) in y.iter_mut().enumerate() {
             *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0) } else { act::int_row_twin(&p, r, &act, 0) };
         }
+    }
+}
+
+fn gfni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("gfni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -76,6 +76,7 @@ pub(crate) fn pair_order(xq: &[i16], xp: &mut [i16]) {
 
 /// Where the 16 activations of the even (`odd` 0) or odd elements of 32-element block `t` of a
 /// chunk start in `pair_order`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn pair_offset(t: usize, odd: usize) -> usize {
     64 * (t / 2) + 32 * odd + 16 * (t % 2)

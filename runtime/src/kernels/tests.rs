@@ -67,6 +67,9 @@ fn simd_kernels() -> Vec<Kernels> {
     if v.iter().any(|k| k.dotprod) {
         v.push(Kernels::neon_without_dotprod());
     }
+    if v.iter().any(|k| k.gfni) {
+        v.push(Kernels::avx512_without_gfni());
+    }
     v
 }
 

@@ -60,11 +60,14 @@ pub(super) unsafe fn int_rows(
     y: *mut f32,
     ys: usize,
     vnni: bool,
+    gfni: bool,
 ) {
     type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
     macro_rules! pick {
         ($b:literal, $s:literal) => {
-            if vnni {
+            if vnni && gfni {
+                rows_vnni_gfni::<$b, $s> as F
+            } else if vnni {
                 rows_vnni::<$b, $s> as F
             } else {
                 rows_avx2::<$b, $s> as F
@@ -101,7 +104,7 @@ unsafe fn rows_avx2<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, false, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -116,7 +119,22 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, false>(p, act, k0, k1, r0, r1, y, ys)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    rows_impl::<B, SEGS, true, true>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 /// Tiles (measured on Zen 4): one input, 8 rows (AVX-512: 32 registers) or 4 (AVX2), so each
@@ -125,7 +143,7 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
 /// loop: a tile's activations stay in L1 while the rows stream by.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
+unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -161,11 +179,11 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
         let mut r = r0;
         if VNNI {
             while r + 8 <= r1 {
-                avx512_int::pair_block::<B, SEGS, 8>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 8, GF>(p, act, r, k, y, ys, &mut fbuf);
                 r += 8;
             }
             while r + 2 <= r1 {
-                avx512_int::pair_block::<B, SEGS, 2>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 2, GF>(p, act, r, k, y, ys, &mut fbuf);
                 r += 2;
             }
         }
