@@ -107,6 +107,46 @@ unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; 
     _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / TMAX)), pos)
 }
 
+/// Groups per table window.
+const TW: usize = 16;
+
+/// The tables of a window of groups of `R` rows, built in one pass ahead of the chunk loop that
+/// reads them. Built one group at a time inside that loop, each table's chain of dependent
+/// operations (division, conversions, permutes) stalled the lookups waiting for it: half of the
+/// kernel's time at NF3 g128. Built together, the groups' chains overlap.
+struct TableWindow<const R: usize> {
+    tab: [[__m256i; R]; TW],
+    fac: [__m256; TW],
+    g0: usize,
+    g1: usize,
+}
+
+impl<const R: usize> TableWindow<R> {
+    #[inline(always)]
+    unsafe fn new() -> Self {
+        Self { tab: [[_mm256_setzero_si256(); R]; TW], fac: [_mm256_setzero_ps(); TW], g0: 0, g1: 0 }
+    }
+
+    /// The tables and factors of group `g` (groups are asked for in increasing order).
+    #[inline(always)]
+    unsafe fn get(
+        &mut self,
+        levels: __m512,
+        sel: __m512i,
+        sc: &[*const u8; R],
+        g: usize,
+        groups: usize,
+    ) -> (&[__m256i; R], __m256) {
+        if g >= self.g1 {
+            (self.g0, self.g1) = (g, (g + TW).min(groups));
+            for i in 0..self.g1 - g {
+                self.fac[i] = tables::<R>(levels, sel, sc, g + i, &mut self.tab[i]);
+            }
+        }
+        (&self.tab[g - self.g0], self.fac[g - self.g0])
+    }
+}
+
 /// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: bit 3 and the
 /// bits above are garbage): the even elements are the low bytes of its words, the odd ones the
 /// high bytes. `raw`: NF4, the two code lanes; NF3, the low-bit lane and the high plane broadcast
@@ -231,6 +271,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
     let mut acc = [[_mm512_setzero_si512(); C]; R];
     let mut tab = [_mm512_setzero_si512(); R];
     let mut fac = _mm256_setzero_ps();
+    let mut win = TableWindow::<R>::new();
     for cc in 0..nch {
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
@@ -241,8 +282,8 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                let mut t16 = [_mm256_setzero_si256(); R];
-                fac = tables::<R>(levels, sel, &scales, (e / G).min(l.groups - 1), &mut t16);
+                let (t16, f) = win.get(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
+                fac = f;
                 for r in 0..R {
                     tab[r] = _mm512_broadcast_i64x4(t16[r]);
                 }
@@ -320,6 +361,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let mut acc = [[_mm256_setzero_si256(); C]; R];
     let mut tab = [_mm256_setzero_si256(); R];
     let mut fac = _mm256_setzero_ps();
+    let mut win = TableWindow::<R>::new();
     for cc in 0..nch {
         let mut raw = [[_mm256_setzero_si256(); 2]; R];
         for r in 0..R {
@@ -337,7 +379,8 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(t in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * t;
             if e.is_multiple_of(G) {
-                fac = tables::<R>(levels, sel, &scales, (e / G).min(l.groups - 1), &mut tab);
+                let (tw, f) = win.get(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
+                (tab, fac) = (*tw, f);
             }
             let mut cw = [_mm256_setzero_si256(); R];
             for r in 0..R {
