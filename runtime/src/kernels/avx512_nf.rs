@@ -88,7 +88,7 @@ unsafe fn rows<const B: u32, const G: usize>(
 }
 
 /// The tables of group `g` of up to 4 rows (`sc[r]`: row `r`'s `[pos, neg]` f16 scales) as 16
-/// words each, and the rows' factors `m / TMAX` in lanes `2r`: the f32 operations of
+/// words each, and the rows' factors `m / TMAX` in lanes `2r`: the arithmetic of
 /// `nf_int::group_factors` and `nf_int::table_entry`, for all rows at once (one division).
 #[inline(always)]
 unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; R], g: usize, tab: &mut [__m256i; R]) -> __m256 {
@@ -102,7 +102,12 @@ unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; 
     let sinv = _mm512_castps256_ps512(_mm256_mul_ps(s, inv));
     for r in 0..R {
         let side = _mm512_permutexvar_ps(_mm512_add_epi32(sel, _mm512_set1_epi32(2 * r as i32)), sinv);
-        tab[r] = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(levels, side)));
+        // fma(L, s inv, 1.5 * 2^23) rounds the exact product to an integer (half to even: the
+        // constant is even and its unit in the last place is 1 over the whole range) and leaves
+        // it in the low bits, which the truncating narrowing keeps: one operation for a
+        // multiply and a conversion.
+        let t = _mm512_fmadd_ps(levels, side, _mm512_set1_ps(12582912.0));
+        tab[r] = _mm512_cvtepi32_epi16(_mm512_castps_si512(t));
     }
     _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / TMAX)), pos)
 }

@@ -7,7 +7,7 @@
 //! `m = max(|s_pos|, |s_neg|)` and `inv = TMAX / m`,
 //!
 //! ```text
-//! T_g[q] = round_half_even(L_q * (s_q * inv))        |T_g[q]| <= TMAX
+//! T_g[q] = round_half_even(L_q * (s_q * inv))        |T_g[q]| <= TMAX, product exact
 //! y      = sum_seg (m_g / TMAX) * d_b * sum_i T_g[q_i] X_i
 //! ```
 //!
@@ -51,11 +51,12 @@ pub(crate) fn group_factors(pos: f32, neg: f32) -> (f32, f32) {
     }
 }
 
-/// The table entry of level `l` with side scale `s` (the SIMD kernels compute the same f32
-/// operations in the same order, then round half to even).
+/// The table entry of level `l` with side scale `s`: `s * inv` in f32, then its exact product
+/// with `l` rounded half to even (the SIMD kernels get the same integer from one FMA, see
+/// `avx512_nf::tables`; the f64 product of two f32 values is exact).
 #[inline(always)]
 pub(crate) fn table_entry(l: f32, s: f32, inv: f32) -> i32 {
-    (l * (s * inv)).round_ties_even() as i32
+    (l as f64 * (s * inv) as f64).round_ties_even() as i32
 }
 
 /// Put the activations in the order the lookups produce. A 16-bit word of packed codes holds the
