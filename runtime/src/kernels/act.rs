@@ -50,6 +50,8 @@ pub(crate) fn vec_len(n: usize) -> usize {
 /// Quantized activations of up to `cap_n` inputs of up to `cap_cols` values.
 pub(crate) struct ActBuf {
     pub xq: Vec<i16>,
+    /// `xq` in pair order (`nf_int::pair_order`), for the integer NF kernels.
+    pub xp: Vec<i16>,
     pub dseg: Vec<f32>,
     pub gx: Vec<f32>,
     /// High and low signed bytes of `xq`.
@@ -64,6 +66,9 @@ pub(crate) struct ActBuf {
 pub(crate) struct ActQ<'a> {
     /// `[n][pcols]`, zero past `cols`.
     pub xq: &'a [i16],
+    /// `[n][pcols]`: `xq` in pair order, or empty when not asked for.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xp: &'a [i16],
     /// `[n][sstride]`: block scale of each segment, zero past the last one.
     pub dseg: &'a [f32],
     /// `[n][gstride]`: `GX_g` of each group, zero past the last one.
@@ -78,6 +83,10 @@ pub(crate) struct ActQ<'a> {
 impl<'a> ActQ<'a> {
     pub fn xq(&self, k: usize) -> &'a [i16] {
         &self.xq[k * self.pcols..(k + 1) * self.pcols]
+    }
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub fn xp(&self, k: usize) -> &'a [i16] {
+        &self.xp[k * self.pcols..(k + 1) * self.pcols]
     }
     pub fn dseg(&self, k: usize) -> &'a [f32] {
         &self.dseg[k * self.sstride..(k + 1) * self.sstride]
@@ -101,8 +110,16 @@ fn strides(cols: usize, group: usize) -> (usize, usize, usize) {
 
 impl ActBuf {
     pub fn new(cap_cols: usize, cap_n: usize) -> Self {
-        let mut b =
-            Self { xq: Vec::new(), dseg: Vec::new(), gx: Vec::new(), hi: Vec::new(), lo: Vec::new(), cap_cols: 0, cap_n: 0 };
+        let mut b = Self {
+            xq: Vec::new(),
+            xp: Vec::new(),
+            dseg: Vec::new(),
+            gx: Vec::new(),
+            hi: Vec::new(),
+            lo: Vec::new(),
+            cap_cols: 0,
+            cap_n: 0,
+        };
         b.reserve(cap_cols, cap_n);
         b
     }
@@ -115,6 +132,7 @@ impl ActBuf {
         let (pcols, sstride, _) = strides(cols, 16);
         if self.xq.len() < n * pcols {
             self.xq.resize(n * pcols, 0);
+            self.xp.resize(n * pcols, 0);
         }
         if self.dseg.len() < n * sstride {
             self.dseg.resize(n * sstride, 0.0);
@@ -128,8 +146,9 @@ impl ActBuf {
         self.cap_n = n;
     }
 
-    /// Quantize `n` inputs (`x` is `[n][cols]`) for a matrix with group size `group`.
-    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize, group: usize) -> ActQ<'_> {
+    /// Quantize `n` inputs (`x` is `[n][cols]`) for a matrix with group size `group`; `pairs`:
+    /// also fill `xp` (the integer NF kernels).
+    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize, group: usize, pairs: bool) -> ActQ<'_> {
         assert_eq!(x.len(), n * cols);
         self.reserve(cols, n);
         let (pcols, sstride, gstride) = strides(cols, group);
@@ -163,8 +182,12 @@ impl ActBuf {
                 one(k, xq, dseg, gx, hi, lo);
             }
         }
+        if pairs {
+            super::nf_int::pair_order(&self.xq[..n * pcols], &mut self.xp[..n * pcols]);
+        }
         ActQ {
             xq: &self.xq[..n * pcols],
+            xp: if pairs { &self.xp[..n * pcols] } else { &[] },
             dseg: &self.dseg[..n * sstride],
             gx: &self.gx[..n * gstride],
             hi: &self.hi[..n * pcols],

@@ -1,4 +1,5 @@
-//! AVX-512 kernels for the NF formats (the INT formats are in `x86_int.rs`).
+//! AVX-512 kernels for the NF formats at group 16 (larger groups take the integer method of
+//! `avx512_nf.rs`; the INT formats are in `x86_int.rs` and `avx512_int.rs`).
 //!
 //! Exact f32. A group's 16 dequantized levels sit in one register and `vpermps` (which reads
 //! only the low 4 bits of each index) looks the codes up; FMA with the f32 activations.

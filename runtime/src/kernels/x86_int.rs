@@ -20,18 +20,19 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
+use super::avx512_int;
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
 /// Chunks per window: the factors of a window's segments are computed before its chunks.
-const WCH: usize = 32;
+pub(super) const WCH: usize = 32;
 /// Segments per window at most (8 per chunk when G = 16).
-const WSEG: usize = WCH * 8;
+pub(super) const WSEG: usize = WCH * 8;
 /// Largest rows x inputs tile.
-const MAX_TILE: usize = 8;
+pub(super) const MAX_TILE: usize = 8;
 
-fn chunk_bytes(bits: u32) -> usize {
+pub(super) fn chunk_bytes(bits: u32) -> usize {
     [0, 0, 32, 48, 64][bits as usize]
 }
 
@@ -59,11 +60,14 @@ pub(super) unsafe fn int_rows(
     y: *mut f32,
     ys: usize,
     vnni: bool,
+    gfni: bool,
 ) {
     type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
     macro_rules! pick {
         ($b:literal, $s:literal) => {
-            if vnni {
+            if vnni && gfni {
+                rows_vnni_gfni::<$b, $s> as F
+            } else if vnni {
                 rows_vnni::<$b, $s> as F
             } else {
                 rows_avx2::<$b, $s> as F
@@ -100,7 +104,7 @@ unsafe fn rows_avx2<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, false, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -115,7 +119,22 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, false>(p, act, k0, k1, r0, r1, y, ys)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    rows_impl::<B, SEGS, true, true>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 /// Tiles (measured on Zen 4): one input, 8 rows (AVX-512: 32 registers) or 4 (AVX2), so each
@@ -124,7 +143,7 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
 /// loop: a tile's activations stay in L1 while the rows stream by.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
+unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -160,8 +179,12 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
         let mut r = r0;
         if VNNI {
             while r + 8 <= r1 {
-                block::<B, SEGS, 8, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 8, GF>(p, act, r, k, y, ys, &mut fbuf);
                 r += 8;
+            }
+            while r + 2 <= r1 {
+                avx512_int::pair_block::<B, SEGS, 2, GF>(p, act, r, k, y, ys, &mut fbuf);
+                r += 2;
             }
         }
         while r + 4 <= r1 {
@@ -179,7 +202,7 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool>(
 /// One chunk of one row: the code lane (and the int4 second lane, or the int3 high plane
 /// broadcast to both halves).
 #[inline(always)]
-unsafe fn load_raw<const B: u32>(p: *const u8) -> [__m256i; 2] {
+pub(super) unsafe fn load_raw<const B: u32>(p: *const u8) -> [__m256i; 2] {
     let lo = _mm256_loadu_si256(p as *const __m256i);
     let hi = match B {
         3 => _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(32) as *const __m128i)),
@@ -291,7 +314,7 @@ pub(super) unsafe fn prefetch(p: *const u8) {
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -304,7 +327,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn prep<const B: u32, const R: usize, const C: usize>(
+pub(super) unsafe fn prep<const B: u32, const R: usize, const C: usize>(
     scales: &[*const u16; R],
     zeros: &[*const u8; R],
     dseg: &[*const f32; C],

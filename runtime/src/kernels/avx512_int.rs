@@ -1,0 +1,202 @@
+//! AVX-512 kernel for the INT formats at one input: rows in pairs on 512-bit registers.
+//!
+//! The arithmetic of `x86_int::block` (`vpdpbusd` of the unpacked codes with both byte planes of
+//! the 16-bit activations, one f32 factor per segment), with row `r` in the low 256 bits of each
+//! register and row `r + 1` in the high 256 bits, and each 32-byte activation load broadcast to
+//! both halves. At one input the 256-bit tile issued ~24 instructions per 128 weights and row,
+//! and was bound by instruction throughput rather than by the `vpdpbusd` units (dropping half of
+//! its `vpdpbusd` saved only 17%). Zen 4 runs a 512-bit operation as two 256-bit halves, so the
+//! work per weight is the same with half the instructions; and 4 pairs of rows need 18
+//! registers where 8 rows of 256-bit accumulators spilled.
+
+// Kernels index several parallel per-row arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use super::act::ActQ;
+use super::x86_int::{chunk_bytes, hsum, load_raw, prefetch, prep, MAX_TILE, WCH, WSEG};
+use bd_formats::quant::{PackedMatrix, CHUNK};
+use std::arch::x86_64::*;
+use std::array::from_fn;
+
+/// Rows `r` and `r + 1` side by side.
+#[inline(always)]
+unsafe fn pair(a: __m256i, b: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+}
+
+/// `(w >> 2j) & 3` per byte; with `GF`, fields 1-3 in one GFNI affine transform each (the bit
+/// matrix of every byte maps input bits 2j and 2j + 1 to output bits 0 and 1) instead of a shift
+/// and a mask.
+#[inline(always)]
+unsafe fn field2<const GF: bool>(w: __m512i, j: usize) -> __m512i {
+    let m3 = _mm512_set1_epi8(3);
+    if GF && j > 0 {
+        let s = 2 * j as i64;
+        return _mm512_gf2p8affine_epi64_epi8::<0>(w, _mm512_set1_epi64(((1i64 << s) << 56) | ((1i64 << (s + 1)) << 48)));
+    }
+    match j {
+        0 => _mm512_and_si512(w, m3),
+        1 => _mm512_and_si512(_mm512_srli_epi16::<2>(w), m3),
+        2 => _mm512_and_si512(_mm512_srli_epi16::<4>(w), m3),
+        _ => _mm512_and_si512(_mm512_srli_epi16::<6>(w), m3),
+    }
+}
+
+/// `x86_int::field` on a pair of rows: the codes of weights `32j..32j+31` of a chunk, one per
+/// byte.
+#[inline(always)]
+unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> __m512i {
+    match B {
+        2 => field2::<GF>(raw[0], j),
+        4 => {
+            let m15 = _mm512_set1_epi8(15);
+            match j {
+                0 => _mm512_and_si512(raw[0], m15),
+                1 => _mm512_and_si512(_mm512_srli_epi16::<4>(raw[0]), m15),
+                2 => _mm512_and_si512(raw[1], m15),
+                _ => _mm512_and_si512(_mm512_srli_epi16::<4>(raw[1]), m15),
+            }
+        }
+        _ => {
+            // As in x86_int::field, per 256-bit half (each row's high plane is broadcast to both
+            // of its 128-bit quarters).
+            let h = raw[1];
+            let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b);
+            let hs = match j {
+                0 => _mm512_sllv_epi32(h, c(2, 1)),
+                1 => _mm512_srlv_epi32(h, c(0, 1)),
+                2 => _mm512_srlv_epi32(h, c(2, 3)),
+                _ => _mm512_srlv_epi32(h, c(4, 5)),
+            };
+            // Bit 2 of each byte from hs, the others from the low bits (bit 2 zero there).
+            _mm512_ternarylogic_epi32::<0xD8>(field2::<GF>(raw[0], j), hs, _mm512_set1_epi8(4))
+        }
+    }
+}
+
+/// The factors of field `j` of chunk `c` of the window for rows `a` and `b` (`fb`: the window's
+/// factors, `x86_int::prep`), laid out as the accumulator lanes.
+#[inline(always)]
+unsafe fn factors<const SEGS: usize>(fb: *const f32, a: usize, b: usize, c: usize, j: usize) -> __m512 {
+    let (fa, fbb) = (fb.add(a * WSEG + c * SEGS), fb.add(b * WSEG + c * SEGS));
+    if SEGS == 8 {
+        // Lanes 0-3 of each row hold weights 32j..32j+15 (group 2j of the chunk), 4-7 group 2j+1.
+        let four = _mm_unpacklo_pd(_mm_load_sd(fa.add(2 * j) as *const f64), _mm_load_sd(fbb.add(2 * j) as *const f64));
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(four)))
+    } else {
+        let two = _mm_unpacklo_ps(_mm_load_ss(fa.add(j * SEGS / 4)), _mm_load_ss(fbb.add(j * SEGS / 4)));
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
+    }
+}
+
+/// `R` rows (an even number, at most `MAX_TILE`) from `r0`, input `k0`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize, const GF: bool>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    r0: usize,
+    k0: usize,
+    y: *mut f32,
+    ys: usize,
+    fbuf: &mut [f32; MAX_TILE * WSEG],
+) {
+    let np = R / 2;
+    let l = &p.layout;
+    let nch = l.padded_cols() / CHUNK;
+    let cb = chunk_bytes(B);
+    let base = p.bytes().as_ptr();
+    let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
+    let scales: [*const u16; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes) as *const u16);
+    let zeros: [*const u8; R] = from_fn(|r| base.add(l.zeros_offset + (r0 + r) * l.row_zero_bytes));
+    let (xh, xl) = (act.hi(k0).as_ptr(), act.lo(k0).as_ptr());
+    let dseg = [act.dseg(k0).as_ptr()];
+    let gx = [act.gx(k0).as_ptr()];
+    let cpg_shift = (l.group > CHUNK) as usize;
+    let fb = fbuf.as_mut_ptr();
+    let end = base.add(l.len);
+
+    let mut facc = [_mm512_setzero_ps(); MAX_TILE / 2];
+    let mut w0 = 0;
+    while w0 < nch {
+        let wn = WCH.min(nch - w0);
+        let seg0 = w0 * SEGS;
+        let (g_lo, g_hi) =
+            if SEGS == 1 { (w0 >> cpg_shift, (w0 + wn + cpg_shift) >> cpg_shift) } else { (seg0, seg0 + wn * SEGS) };
+        let g_hi = g_hi.min(l.groups);
+        let mut corr = [[_mm256_setzero_ps(); 1]; R];
+        prep::<B, R, 1>(&scales, &zeros, &dseg, &gx, (g_lo, g_hi), seg0, cpg_shift, end, fb, &mut corr);
+        for i in 0..np {
+            let c = _mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(corr[2 * i][0])),
+                _mm256_castps_pd(corr[2 * i + 1][0]),
+            );
+            facc[i] = _mm512_sub_ps(facc[i], _mm512_castpd_ps(c));
+        }
+        if w0 == 0 {
+            for r in 0..R {
+                prefetch(scales[r].wrapping_add(R * l.row_scale_bytes / 2) as *const u8);
+                prefetch(zeros[r].wrapping_add(R * l.row_zero_bytes));
+            }
+        }
+        for c in 0..wn {
+            let cc = w0 + c;
+            let mut raw = [[_mm512_setzero_si512(); 2]; MAX_TILE / 2];
+            for i in 0..np {
+                let (a, b) = (load_raw::<B>(codes[2 * i].add(cc * cb)), load_raw::<B>(codes[2 * i + 1].add(cc * cb)));
+                raw[i] = [pair(a[0], b[0]), if B == 2 { _mm512_setzero_si512() } else { pair(a[1], b[1]) }];
+            }
+            for r in 0..R {
+                // As in x86_int::block: the same chunk of the next block of rows.
+                if B != 2 || cc.is_multiple_of(2) {
+                    prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb));
+                }
+                if B != 2 {
+                    prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb + 32));
+                }
+            }
+            // One pair: two accumulators per plane halve the chains of dependent `vpdpbusd`.
+            let split = np == 1;
+            let mut ah = [[_mm512_setzero_si512(); 2]; MAX_TILE / 2];
+            let mut al = [[_mm512_setzero_si512(); 2]; MAX_TILE / 2];
+            unroll!(j in [0, 1, 2, 3] {
+                let a = if split { j % 2 } else { 0 };
+                let off = cc * CHUNK + 32 * j;
+                let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(xh.add(off) as *const __m256i));
+                let lo = _mm512_broadcast_i64x4(_mm256_loadu_si256(xl.add(off) as *const __m256i));
+                for i in 0..np {
+                    let f = field::<B, GF>(&raw[i], j);
+                    ah[i][a] = _mm512_dpbusd_epi32(ah[i][a], f, h);
+                    al[i][a] = _mm512_dpbusd_epi32(al[i][a], f, lo);
+                }
+                let ends = match SEGS {
+                    1 => j == 3,
+                    2 => j % 2 == 1,
+                    _ => true,
+                };
+                if ends {
+                    for i in 0..np {
+                        let fv = factors::<SEGS>(fb, 2 * i, 2 * i + 1, c, j);
+                        let (h, lo) = if split {
+                            (_mm512_add_epi32(ah[i][0], ah[i][1]), _mm512_add_epi32(al[i][0], al[i][1]))
+                        } else {
+                            (ah[i][0], al[i][0])
+                        };
+                        let s = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32::<8>(h), lo));
+                        facc[i] = _mm512_fmadd_ps(s, fv, facc[i]);
+                        ah[i] = [_mm512_setzero_si512(); 2];
+                        al[i] = [_mm512_setzero_si512(); 2];
+                    }
+                }
+            });
+        }
+        w0 += wn;
+    }
+    for i in 0..np {
+        let v = _mm512_castps_pd(facc[i]);
+        *y.add(k0 * ys + r0 + 2 * i) = hsum(_mm256_castpd_ps(_mm512_castpd512_pd256(v)));
+        *y.add(k0 * ys + r0 + 2 * i + 1) = hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)));
+    }
+}

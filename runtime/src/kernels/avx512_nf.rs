@@ -1,0 +1,424 @@
+//! AVX-512 VNNI kernel for the NF formats, groups of 32 and more: per-group 16-bit level tables
+//! looked up with `vpermw`, 16-bit activations, `vpdpwssd` (the scheme and its twin:
+//! `nf_int.rs`).
+//!
+//! A 16-bit word of packed codes holds the codes of two neighbouring elements (bytes `2k` and
+//! `2k + 1` of a lane), and `vpermw` on 256-bit registers reads only the low 4 bits of each index
+//! word. So one shift of the code lane per lookup puts a code in those bits, the bits above are
+//! ignored, and NF3's garbage 4th bit selects a second copy of its 8 levels. A lookup yields the
+//! even or the odd elements of 32 consecutive weights; the activations are stored in that order
+//! (`nf_int::pair_order`). This replaces the exact f32 method (`vpermps` and FMA on 16 floats, 2.1x
+//! the time of the INT kernels per weight) with 16 weights per `vpdpwssd`.
+
+// Kernels index several parallel per-row / per-input arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use super::act::{segs_per_chunk, ActQ};
+use super::nf_int::{levels16, pair_offset, TMAX};
+use super::x86_int::prefetch;
+use bd_formats::quant::{PackedMatrix, CHUNK};
+use std::arch::x86_64::*;
+use std::array::from_fn;
+
+/// Rows `r0..r1`, inputs `k0..k1` of `act` (which must carry the pair-ordered activations):
+/// `y[k * ys + r]`. The group must be at least `nf_int::MIN_GROUP`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn nf_rows(p: &PackedMatrix, act: &ActQ, k0: usize, k1: usize, r0: usize, r1: usize, y: *mut f32, ys: usize) {
+    type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
+    let f = match (p.format().bits(), p.layout.group) {
+        (3, 32) => rows::<3, 32> as F,
+        (3, 64) => rows::<3, 64>,
+        (3, 128) => rows::<3, 128>,
+        (3, 256) => rows::<3, 256>,
+        (4, 32) => rows::<4, 32>,
+        (4, 64) => rows::<4, 64>,
+        (4, 128) => rows::<4, 128>,
+        (4, 256) => rows::<4, 256>,
+        other => unreachable!("NF format / group {other:?}"),
+    };
+    f(p, act, k0, k1, r0, r1, y, ys)
+}
+
+/// Tiles as for the INT kernels: 4 rows for one input, 2 rows x 2 inputs for several.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<const B: u32, const G: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    // Groups of 64 and more: the 512-bit kernel.
+    macro_rules! tile {
+        ($r:literal, $c:literal, $r0:expr, $k:expr) => {
+            if G >= 64 {
+                block_z::<B, G, $r, $c>(p, act, $r0, $k, y, ys)
+            } else {
+                block::<B, G, $r, $c>(p, act, $r0, $k, y, ys)
+            }
+        };
+    }
+    let mut k = k0;
+    while k + 2 <= k1 {
+        let mut r = r0;
+        while r + 2 <= r1 {
+            tile!(2, 2, r, k);
+            r += 2;
+        }
+        if r < r1 {
+            tile!(1, 2, r, k);
+        }
+        k += 2;
+    }
+    if k < k1 {
+        let mut r = r0;
+        while r + 4 <= r1 {
+            tile!(4, 1, r, k);
+            r += 4;
+        }
+        while r < r1 {
+            tile!(1, 1, r, k);
+            r += 1;
+        }
+    }
+}
+
+/// The tables of group `g` of up to 4 rows (`sc[r]`: row `r`'s `[pos, neg]` f16 scales) as 16
+/// words each, and the rows' factors `m / TMAX` in lanes `2r`: the arithmetic of
+/// `nf_int::group_factors` and `nf_int::table_entry`, for all rows at once (one division).
+#[inline(always)]
+unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; R], g: usize, tab: &mut [__m256i; R]) -> __m256 {
+    let pn: [i32; 4] = from_fn(|r| if r < R { (sc[r].add(4 * g) as *const i32).read_unaligned() } else { 0 });
+    // [pos0, neg0, pos1, neg1, ...]
+    let s = _mm256_cvtph_ps(_mm_loadu_si128(pn.as_ptr() as *const __m128i));
+    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), s);
+    let m = _mm256_max_ps(a, _mm256_permute_ps::<0b10_11_00_01>(a));
+    let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
+    let inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(TMAX), m), pos);
+    let sinv = _mm512_castps256_ps512(_mm256_mul_ps(s, inv));
+    for r in 0..R {
+        let side = _mm512_permutexvar_ps(_mm512_add_epi32(sel, _mm512_set1_epi32(2 * r as i32)), sinv);
+        // fma(L, s inv, 1.5 * 2^23) rounds the exact product to an integer (half to even: the
+        // constant is even and its unit in the last place is 1 over the whole range) and leaves
+        // it in the low bits, which the truncating narrowing keeps: one operation for a
+        // multiply and a conversion.
+        let t = _mm512_fmadd_ps(levels, side, _mm512_set1_ps(12582912.0));
+        tab[r] = _mm512_cvtepi32_epi16(_mm512_castps_si512(t));
+    }
+    _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / TMAX)), pos)
+}
+
+/// Groups per table window.
+const TW: usize = 16;
+
+/// The tables of a window of groups of `R` rows, built in one pass ahead of the chunk loop that
+/// reads them. Built one group at a time inside that loop, each table's chain of dependent
+/// operations (division, conversions, permutes) stalled the lookups waiting for it: half of the
+/// kernel's time at NF3 g128. Built together, the groups' chains overlap.
+struct TableWindow<const R: usize> {
+    tab: [[__m256i; R]; TW],
+    fac: [__m256; TW],
+    g0: usize,
+    g1: usize,
+}
+
+impl<const R: usize> TableWindow<R> {
+    #[inline(always)]
+    unsafe fn new() -> Self {
+        Self { tab: [[_mm256_setzero_si256(); R]; TW], fac: [_mm256_setzero_ps(); TW], g0: 0, g1: 0 }
+    }
+
+    /// The tables and factors of group `g` (groups are asked for in increasing order).
+    #[inline(always)]
+    unsafe fn get(
+        &mut self,
+        levels: __m512,
+        sel: __m512i,
+        sc: &[*const u8; R],
+        g: usize,
+        groups: usize,
+    ) -> (&[__m256i; R], __m256) {
+        if g >= self.g1 {
+            (self.g0, self.g1) = (g, (g + TW).min(groups));
+            for i in 0..self.g1 - g {
+                self.fac[i] = tables::<R>(levels, sel, sc, g + i, &mut self.tab[i]);
+            }
+        }
+        (&self.tab[g - self.g0], self.fac[g - self.g0])
+    }
+}
+
+/// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: bit 3 and the
+/// bits above are garbage): the even elements are the low bytes of its words, the odd ones the
+/// high bytes. `raw`: NF4, the two code lanes; NF3, the low-bit lane and the high plane broadcast
+/// to both 128-bit halves.
+#[inline(always)]
+unsafe fn code_block<const B: u32>(raw: &[__m256i; 2], t: usize) -> __m256i {
+    if B == 4 {
+        let v = raw[t / 2];
+        if t.is_multiple_of(2) {
+            v
+        } else {
+            _mm256_srli_epi16::<4>(v)
+        }
+    } else {
+        let v = raw[0];
+        let a = match t {
+            0 => v,
+            1 => _mm256_srli_epi16::<2>(v),
+            2 => _mm256_srli_epi16::<4>(v),
+            _ => _mm256_srli_epi16::<6>(v),
+        };
+        // High bit of weight 32t + i: bit 2t of high byte i (i < 16), bit 2t + 1 of byte i - 16
+        // (i >= 16), moved to bit 2 (as in x86_int::field).
+        let h = raw[1];
+        let hs = match t {
+            0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1)),
+            1 => _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
+            2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
+            _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5)),
+        };
+        // Bit 2 of each byte from hs, the others from a.
+        _mm256_ternarylogic_epi32::<0xD8>(a, hs, _mm256_set1_epi8(4))
+    }
+}
+
+/// Lookup indices (`vpermw` reads bits 0-3 of each word) of the even (`odd == 0`) or odd
+/// elements of a block from its `code_block`.
+#[inline(always)]
+unsafe fn index(c: __m256i, odd: usize) -> __m256i {
+    if odd == 0 {
+        c
+    } else {
+        _mm256_srli_epi16::<8>(c)
+    }
+}
+
+/// `vpdpwssd` as one instruction: LLVM rewrites the intrinsic into `vpmaddwd` + `vpaddd` (two
+/// operations, measured 10-15% slower in this kernel).
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!("vpdpwssd {0:y}, {1:y}, {2:y}", inout(zmm_reg) acc, in(zmm_reg) a, in(zmm_reg) b, options(pure, nomem, nostack));
+    acc
+}
+
+/// `vpdpwssd` on 512-bit registers (see `dpwssd`).
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpwssd_z(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!("vpdpwssd {0}, {1}, {2}", inout(zmm_reg) acc, in(zmm_reg) a, in(zmm_reg) b, options(pure, nomem, nostack));
+    acc
+}
+
+/// Lookup indices of the even and of the odd elements of blocks `2h` and `2h + 1` of the chunk
+/// at `cp` (low and high 256 bits), for 512-bit `vpermw` on a table repeated in both halves (it
+/// reads bits 0-4 of each word). The code words are broadcast to both halves and shifted by a
+/// different count in each: 32-bit shifts (by at most 12, or at most 6 for NF3's 2-bit fields)
+/// move each word's own bits into its low bits.
+#[inline(always)]
+unsafe fn index_z<const B: u32>(cp: *const u8, h: usize) -> [__m512i; 2] {
+    let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+    if B == 4 {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
+        [_mm512_srlv_epi32(v, c(0, 4)), _mm512_srlv_epi32(v, c(8, 12))]
+    } else {
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+        let s = 4 * h as i32;
+        let a = _mm512_srlv_epi32(v, c(s, s + 2));
+        // High bits (see `code_block`), per 128-bit quarter: fields 2h (bytes 0-15, 16-31) and
+        // 2h + 1 (bytes 0-15, 16-31) need bits 2t and 2t + 1 of the high plane at bit 2: a
+        // rotation right by 2t - 2 and 2t - 1 (modulo 32: a rotation by 30 or 31 moves bit 0
+        // or 1 of the same byte there).
+        let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
+        let q = |a: i32, b: i32, c: i32, d: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, c, c, c, c, d, d, d, d);
+        let hs = _mm512_rorv_epi32(hb, q((s + 30) % 32, (s + 31) % 32, s, s + 1));
+        let w = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(4));
+        [w, _mm512_srli_epi16::<8>(w)]
+    }
+}
+
+/// 512-bit version of `block` for groups of 64 and more: blocks `2h` and `2h + 1` of a chunk
+/// (one group) share a register, so a chunk takes 4 lookups and 4 `vpdpwssd` per row instead of
+/// 8 of each (NF3: 16 instructions per row and chunk instead of 31).
+#[inline(always)]
+unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    r0: usize,
+    k0: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let l = &p.layout;
+    let nch = l.padded_cols() / CHUNK;
+    let cb = if B == 3 { 48 } else { 64 };
+    let spc = segs_per_chunk(G);
+    let base = p.bytes().as_ptr();
+    let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
+    let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
+    let xp: [*const i16; C] = from_fn(|k| act.xp(k0 + k).as_ptr());
+    let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
+    let lv = levels16(l.format);
+    let levels = _mm512_loadu_ps(lv.as_ptr());
+    let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
+    for r in 0..R {
+        prefetch(scales[r].wrapping_add(R * l.row_scale_bytes));
+    }
+
+    let mut facc = [[_mm512_setzero_ps(); C]; R];
+    let mut acc = [[_mm512_setzero_si512(); C]; R];
+    let mut tab = [_mm512_setzero_si512(); R];
+    let mut fac = _mm256_setzero_ps();
+    let mut win = TableWindow::<R>::new();
+    for cc in 0..nch {
+        for r in 0..R {
+            let cp = codes[r].add(cc * cb);
+            // The same chunk of the next block of rows (see x86_int::prefetch).
+            prefetch(cp.wrapping_add(R * l.row_code_bytes));
+            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+        }
+        unroll!(h in [0, 1] {
+            let e = cc * CHUNK + 64 * h;
+            if e.is_multiple_of(G) {
+                let (t16, f) = win.get(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
+                fac = f;
+                for r in 0..R {
+                    tab[r] = _mm512_broadcast_i64x4(t16[r]);
+                }
+            }
+            let mut idx = [[_mm512_setzero_si512(); 2]; R];
+            for r in 0..R {
+                idx[r] = index_z::<B>(codes[r].add(cc * cb), h);
+            }
+            unroll!(odd in [0, 1] {
+                let mut lk = [_mm512_setzero_si512(); R];
+                for r in 0..R {
+                    lk[r] = _mm512_permutexvar_epi16(idx[r][odd], tab[r]);
+                }
+                for k in 0..C {
+                    let xv = _mm512_loadu_si512(xp[k].add(cc * CHUNK + pair_offset(2 * h, odd)) as *const __m512i);
+                    for r in 0..R {
+                        acc[r][k] = dpwssd_z(acc[r][k], lk[r], xv);
+                    }
+                }
+            });
+            // A segment ends with its group or its chunk.
+            if (64 * h + 64).is_multiple_of(G.min(CHUNK)) {
+                for k in 0..C {
+                    let fd = _mm512_castps256_ps512(_mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc))));
+                    for r in 0..R {
+                        let f = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r as i32), fd);
+                        facc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
+                        acc[r][k] = _mm512_setzero_si512();
+                    }
+                }
+            }
+        });
+    }
+    for r in 0..R {
+        for k in 0..C {
+            *y.add((k0 + k) * ys + r0 + r) = _mm512_reduce_add_ps(facc[r][k]);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// `R` rows from `r0`, `C` inputs from `k0`.
+#[inline(always)]
+unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    r0: usize,
+    k0: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    let l = &p.layout;
+    let nch = l.padded_cols() / CHUNK;
+    let cb = if B == 3 { 48 } else { 64 };
+    let spc = segs_per_chunk(G);
+    let base = p.bytes().as_ptr();
+    let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
+    let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
+    let xp: [*const i16; C] = from_fn(|k| act.xp(k0 + k).as_ptr());
+    let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
+    let lv = levels16(l.format);
+    let levels = _mm512_loadu_ps(lv.as_ptr());
+    let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
+    for r in 0..R {
+        prefetch(scales[r].wrapping_add(R * l.row_scale_bytes));
+    }
+
+    let mut facc = [[_mm256_setzero_ps(); C]; R];
+    let mut acc = [[_mm256_setzero_si256(); C]; R];
+    let mut tab = [_mm256_setzero_si256(); R];
+    let mut fac = _mm256_setzero_ps();
+    let mut win = TableWindow::<R>::new();
+    for cc in 0..nch {
+        let mut raw = [[_mm256_setzero_si256(); 2]; R];
+        for r in 0..R {
+            let cp = codes[r].add(cc * cb);
+            raw[r][0] = _mm256_loadu_si256(cp as *const __m256i);
+            raw[r][1] = if B == 3 {
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(cp.add(32) as *const __m128i))
+            } else {
+                _mm256_loadu_si256(cp.add(32) as *const __m256i)
+            };
+            // The same chunk of the next block of rows (see x86_int::prefetch).
+            prefetch(cp.wrapping_add(R * l.row_code_bytes));
+            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+        }
+        unroll!(t in [0, 1, 2, 3] {
+            let e = cc * CHUNK + 32 * t;
+            if e.is_multiple_of(G) {
+                let (tw, f) = win.get(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
+                (tab, fac) = (*tw, f);
+            }
+            let mut cw = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                cw[r] = code_block::<B>(&raw[r], t);
+            }
+            unroll!(odd in [0, 1] {
+                let mut lk = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    lk[r] = _mm256_permutexvar_epi16(index(cw[r], odd), tab[r]);
+                }
+                for k in 0..C {
+                    let xv = _mm256_loadu_si256(xp[k].add(cc * CHUNK + pair_offset(t, odd)) as *const __m256i);
+                    for r in 0..R {
+                        acc[r][k] = dpwssd(acc[r][k], lk[r], xv);
+                    }
+                }
+            });
+            // A segment ends with its group or its chunk.
+            if (32 * t + 32).is_multiple_of(G.min(CHUNK)) {
+                for k in 0..C {
+                    let fd = _mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc)));
+                    for r in 0..R {
+                        let f = _mm256_permutevar8x32_ps(fd, _mm256_set1_epi32(2 * r as i32));
+                        facc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
+                        acc[r][k] = _mm256_setzero_si256();
+                    }
+                }
+            }
+        });
+    }
+    for r in 0..R {
+        for k in 0..C {
+            *y.add((k0 + k) * ys + r0 + r) = hsum(facc[r][k]);
+        }
+    }
+}
