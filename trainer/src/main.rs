@@ -207,11 +207,11 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Optimizer steps of teacher pretraining (32 windows of 63 tokens each).
-        #[arg(long, default_value_t = 400)]
+        /// Optimizer steps of teacher pretraining (32 windows of 127 tokens each).
+        #[arg(long, default_value_t = 500)]
         pretrain_steps: usize,
         /// Optimizer steps of distillation (16 sequences each).
-        #[arg(long, default_value_t = 150)]
+        #[arg(long, default_value_t = 250)]
         qat_steps: usize,
     },
     /// Write a random LLaMA checkpoint (the test fixture's tokenizer) for speed and memory runs.

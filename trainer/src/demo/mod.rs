@@ -46,16 +46,16 @@ impl Default for DemoOptions {
             work: "demo-work".into(),
             out: "demo.bd2".into(),
             seed: 0,
-            pretrain_steps: 400,
-            qat_steps: 150,
+            pretrain_steps: 500,
+            qat_steps: 250,
             progress: false,
             device: Device::Cpu,
         }
     }
 }
 
-/// The teacher's shape: small enough to pretrain in a few minutes on two cores, deep enough that
-/// 2-bit rounding hurts; a context of 64 tokens holds about two documents. The MLP width 176 is not a multiple of the group 32, so the demo also
+/// The teacher's shape: small enough to pretrain in about two minutes on two cores, deep enough
+/// that 2-bit rounding hurts; a context of 128 tokens holds about four documents. The MLP width 176 is not a multiple of the group 32, so the demo also
 /// exercises partial groups.
 pub fn teacher_config() -> ModelConfig {
     ModelConfig {
@@ -69,7 +69,7 @@ pub fn teacher_config() -> ModelConfig {
         vocab_size: corpus::vocab_size(),
         rope_theta: 10000.0,
         rms_eps: 1e-5,
-        max_context: 64,
+        max_context: 128,
         tied_embeddings: true,
         bos_id: 1,
         eos_id: 2,
@@ -205,7 +205,7 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
     let train_docs = corpus::documents(1000, opts.seed.wrapping_mul(3).wrapping_add(11));
     write_docs(&train_txt, &train_docs)?;
     write_atomic(&valid_txt, corpus::documents(400, opts.seed.wrapping_mul(3).wrapping_add(12)).join(" ").as_bytes())?;
-    let lines: Vec<String> = corpus::documents(800, opts.seed.wrapping_mul(3).wrapping_add(13))
+    let lines: Vec<String> = corpus::documents(1200, opts.seed.wrapping_mul(3).wrapping_add(13))
         .iter()
         .map(|d| json!({"prompt": d.split(' ').take(3).collect::<Vec<_>>().join(" ")}).to_string())
         .collect();
@@ -240,11 +240,11 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
         out: opts.out.clone(),
         prompts: prompts.clone(),
         prompt: PromptOptions { n: None, seed: opts.seed, ..PromptOptions::default() },
-        gen: GenOptions { max_new: 64, temperature: 0.7, top_p: 1.0, seed: opts.seed, batch: 100, progress: opts.progress },
+        gen: GenOptions { max_new: 128, temperature: 0.7, top_p: 1.0, seed: opts.seed, batch: 100, progress: opts.progress },
         calib: Some(train_txt.clone()),
         clip: true,
         calib_docs: 128,
-        seq_len: 64,
+        seq_len: 128,
         holdout: 0.1,
         steps: Some(opts.qat_steps),
         epochs: 0.0,
