@@ -140,7 +140,18 @@ pub fn tiny_config(spec: &TinySpec) -> ModelConfig {
 
 /// The HF `config.json` for `spec`.
 pub fn tiny_config_json(spec: &TinySpec) -> String {
-    let c = tiny_config(spec);
+    let torch_dtype = match spec.dtype {
+        "f16" => "float16",
+        "bf16" => "bfloat16",
+        _ => "float32",
+    };
+    hf_config_json(&tiny_config(spec), torch_dtype)
+}
+
+/// A LLaMA `config.json` for `c`, as transformers writes it (`torch_dtype`: "float32", "float16", ...).
+pub fn hf_config_json(c: &ModelConfig, torch_dtype: &str) -> String {
+    // Through the shortest decimal of the f32, so the file reads 1e-05 rather than f32 noise.
+    let f = |x: f32| x.to_string().parse::<f64>().unwrap_or(x as f64);
     let v = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -154,15 +165,14 @@ pub fn tiny_config_json(spec: &TinySpec) -> String {
         "head_dim": c.head_dim,
         "intermediate_size": c.intermediate_size,
         "vocab_size": c.vocab_size,
-        // Literals, not the f32 fields, so the file reads 1e-05 rather than f32 noise.
-        "rope_theta": 10000.0,
-        "rms_norm_eps": 1e-5,
+        "rope_theta": f(c.rope_theta),
+        "rms_norm_eps": f(c.rms_eps),
         "max_position_embeddings": c.max_context,
         "rope_scaling": null,
         "tie_word_embeddings": c.tied_embeddings,
         "bos_token_id": c.bos_id,
         "eos_token_id": c.eos_id,
-        "torch_dtype": match spec.dtype { "f16" => "float16", "bf16" => "bfloat16", _ => "float32" },
+        "torch_dtype": torch_dtype,
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }

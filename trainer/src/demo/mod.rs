@@ -19,7 +19,7 @@ use crate::teacher::{GenOptions, PromptOptions};
 use crate::train::TrainOptions;
 use anyhow::{Context, Result};
 use bd_formats::config::{ModelConfig, TensorRole};
-use bd_formats::hf::fixture::{encode_f32, write_safetensors, RawTensor};
+use bd_formats::hf::fixture::{encode_f32, hf_config_json, write_safetensors, RawTensor};
 use bd_formats::quant::QuantFormat;
 use candle_core::{Device, Var};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -104,23 +104,10 @@ fn init_tensors(c: &ModelConfig, seed: u64) -> Vec<(bd_formats::config::TensorSp
         .collect()
 }
 
-/// An HF `config.json` for `c`.
-fn config_json(c: &ModelConfig) -> String {
-    let v = json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.intermediate_size,
-        "vocab_size": c.vocab_size, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
-        "max_position_embeddings": c.max_context, "tie_word_embeddings": c.tied_embeddings,
-        "bos_token_id": c.bos_id, "eos_token_id": c.eos_id, "torch_dtype": "float32",
-    });
-    serde_json::to_string_pretty(&v).unwrap_or_default()
-}
-
 /// Write `model` as a Hugging Face directory (config, safetensors weights, tokenizer).
 fn save_hf(model: &Llama, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomic(&dir.join("config.json"), config_json(&model.config).as_bytes())?;
+    write_atomic(&dir.join("config.json"), hf_config_json(&model.config, "float32").as_bytes())?;
     write_atomic(&dir.join("tokenizer.json"), corpus::tokenizer_json().as_bytes())?;
     let tensors: Vec<RawTensor> = model
         .to_tensors()?
