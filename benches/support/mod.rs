@@ -124,6 +124,8 @@ pub fn configure_candle_threads(threads: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelKind {
     Ours(QuantFormat),
+    /// Ours with 8-bit activations (`Kernels::with_act8`): `int2_g128_a8`, ...
+    OursAct8(QuantFormat),
     GgmlMulMat(GgmlType),
     GgmlVecDot(GgmlType),
     Candle(GgmlDType),
@@ -137,6 +139,10 @@ impl KernelKind {
                 .into_iter()
                 .map(KernelKind::Ours)
                 .collect();
+        v.extend(
+            [QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Nf3, QuantFormat::Int4, QuantFormat::Nf4]
+                .map(KernelKind::OursAct8),
+        );
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlMulMat));
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlVecDot));
         v.extend([GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4_0].into_iter().map(KernelKind::Candle));
@@ -147,6 +153,7 @@ impl KernelKind {
     pub fn name(self) -> String {
         match self {
             KernelKind::Ours(f) => format!("{}_g{GROUP}", f.name()),
+            KernelKind::OursAct8(f) => format!("{}_g{GROUP}_a8", f.name()),
             KernelKind::GgmlMulMat(t) => format!("ggml_{}", t.name()),
             KernelKind::GgmlVecDot(t) => format!("ggml_{}_vec_dot", t.name()),
             KernelKind::Candle(d) => format!("candle_{}", candle_name(d)),
@@ -165,7 +172,7 @@ impl KernelKind {
     /// The quantized matrix this kernel reads (vec_dot and mul_mat share ggml's).
     fn source(self) -> Source {
         match self {
-            KernelKind::Ours(f) => Source::Ours(f),
+            KernelKind::Ours(f) | KernelKind::OursAct8(f) => Source::Ours(f),
             KernelKind::GgmlMulMat(t) | KernelKind::GgmlVecDot(t) => Source::Ggml(t),
             KernelKind::Candle(d) => Source::Candle(d),
         }
@@ -335,7 +342,7 @@ pub fn instantiate(kind: KernelKind, src: &Sources, where_: Where, threads: usiz
     let (copies, products) = plan(where_, src.matrix_bytes(kind));
     let x = src.x.clone();
     match kind {
-        KernelKind::Ours(f) => {
+        KernelKind::Ours(f) | KernelKind::OursAct8(f) => {
             let (layout, blob) = &src.ours[&f];
             Box::new(Ours {
                 kind,
@@ -346,7 +353,7 @@ pub fn instantiate(kind: KernelKind, src: &Sources, where_: Where, threads: usiz
                 x,
                 y: vec![0.0; rows],
                 scratch: Scratch::new(cols, 1),
-                kernels: Kernels::detect(),
+                kernels: Kernels::detect().with_act8(matches!(kind, KernelKind::OursAct8(_))),
                 pool: pool.clone(),
             })
         }

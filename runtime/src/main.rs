@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use bd_formats::DType;
 use bd_runtime::bench;
+use bd_runtime::kernels::Kernels;
 use bd_runtime::{
     default_threads, generate, info, perplexity, synthetic, Bd2File, GenerateOptions, Model, ReadOptions, Sampler, SamplerConfig,
     Session, Tokenizer,
@@ -82,6 +83,11 @@ struct Common {
     /// Skip the CRC-32 check of every tensor at load (structure is still validated).
     #[arg(long)]
     no_verify: bool,
+    /// Activation precision of the quantized kernels: 16 (default; matches the trainer's f32
+    /// numbers to ~1e-4) or 8 (faster where the kernels are compute-bound, e.g. AVX2; ~4e-3 per
+    /// dot product, as llama.cpp). Default: the BD_ACT_BITS environment variable, else 16.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["8", "16"]))]
+    act_bits: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +191,15 @@ fn write_stdout(text: &str) -> Result<()> {
     }
 }
 
+/// The kernels for this machine, with the activation precision `--act-bits` asks for.
+fn kernels(common: &Common) -> Kernels {
+    let k = Kernels::detect();
+    match common.act_bits.as_deref() {
+        Some(bits) => k.with_act8(bits == "8"),
+        None => k,
+    }
+}
+
 fn threads(common: &Common) -> Result<usize> {
     match common.threads {
         Some(0) => bail!("--threads 0: at least one thread is needed"),
@@ -246,9 +261,9 @@ fn run_generate(a: RunArgs) -> Result<()> {
     let model = load(path, &a.common)?;
     let ctx = context_len(a.ctx, usize::MAX, &model)?;
     let tokenizer = Tokenizer::from_model(&model)?;
-    let mut session = Session::new(&model, ctx, threads)?;
+    let mut session = Session::with_kernels(&model, ctx, threads, kernels(&a.common))?;
     let mut sampler = Sampler::new(cfg, model.config().vocab_size)?;
-    eprintln!("bd-run: {} threads, {} kernels, context {ctx}, seed {seed}", threads, session.kernels().isa().name());
+    eprintln!("bd-run: {} threads, {} kernels, context {ctx}, seed {seed}", threads, session.kernels().describe());
     let opts = GenerateOptions { max_tokens: a.n, stop: a.stop.clone() };
     match a.prompt {
         Some(prompt) => complete(&mut session, &tokenizer, &mut sampler, &prompt, &opts),
@@ -340,7 +355,7 @@ fn run_perplexity(
         tokens.truncate(n.saturating_mul(ctx - 1));
     }
     eprintln!("bd-run: {} tokens from {} in {:.2} s", tokens.len(), file.display(), t.elapsed().as_secs_f64());
-    let mut session = Session::new(&model, ctx, threads)?;
+    let mut session = Session::with_kernels(&model, ctx, threads, kernels(common))?;
     let t = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let p = perplexity(&mut session, &tokens, tokenizer.bos_id(), ctx, |done, all, ppl| {
@@ -399,8 +414,8 @@ fn run_bench(
     if ctx > max {
         bail!("--pp {pp} / --tg {tg} need a context of {ctx}, the model's maximum is {max}");
     }
-    let mut session = Session::new(&model, ctx, threads)?;
-    eprintln!("bd-run: benchmarking with {threads} threads, {} kernels", session.kernels().isa().name());
+    let mut session = Session::with_kernels(&model, ctx, threads, kernels(common))?;
+    eprintln!("bd-run: benchmarking with {threads} threads, {} kernels", session.kernels().describe());
     let r = bench::run(&mut session, pp, tg, reps, 0)?;
     let text = if json {
         json!({
@@ -416,6 +431,7 @@ fn run_bench(
             "tg": tg,
             "format": model.file().header().quant.format,
             "kernels": session.kernels().isa().name(),
+            "act_bits": if session.kernels().act8() { 8 } else { 16 },
         })
         .to_string()
             + "\n"

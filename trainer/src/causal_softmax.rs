@@ -17,7 +17,8 @@ pub fn causal_softmax(x: &Tensor, scale: f64, past: usize) -> Result<Tensor> {
     } else {
         let x = x.affine(scale, 0.0)?;
         let (s, t) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
-        let mask: Vec<f32> = (0..s).flat_map(|i| (0..t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> =
+            (0..s).flat_map(|i| (0..t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
         let x = x.broadcast_add(&Tensor::from_vec(mask, (s, t), x.device())?.to_dtype(x.dtype())?)?;
         let m = x.max_keepdim(D::Minus1)?.detach();
         let e = x.broadcast_sub(&m)?.exp()?;
@@ -111,7 +112,10 @@ mod tests {
             let w = Tensor::from_vec((0..144).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(), (2, 3, 4, 6), &dev).unwrap();
             let fused = causal_softmax(x.as_tensor(), 0.7, past).unwrap();
             let reference = basic(x.as_tensor(), past);
-            let (a, b) = (fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(), reference.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (a, b) = (
+                fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                reference.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-6), "forward, past {past}");
             // Row i sees past + i + 1 keys.
             assert_eq!(a[1..6].iter().filter(|&&v| v == 0.0).count(), if past == 0 { 5 } else { 3 });

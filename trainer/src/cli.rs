@@ -77,7 +77,14 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     fn options(&self, seed: u64, progress: bool) -> GenOptions {
-        GenOptions { max_new: self.max_new, temperature: self.temperature, top_p: self.top_p, seed, batch: self.gen_batch, progress }
+        GenOptions {
+            max_new: self.max_new,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed,
+            batch: self.gen_batch,
+            progress,
+        }
     }
 }
 
@@ -194,14 +201,19 @@ impl TrainArgs {
 }
 
 fn check_loss(name: &str) -> Result<()> {
-    ensure!(
-        bd_trainer::distill::Loss::parse(name, 0.0).is_some(),
-        "--loss {name:?} is not one of cakld, fkl, rkl, jsd, ce"
-    );
+    ensure!(bd_trainer::distill::Loss::parse(name, 0.0).is_some(), "--loss {name:?} is not one of cakld, fkl, rkl, jsd, ce");
     Ok(())
 }
 
-pub fn gen_data(teacher: &Path, p: &PromptArgs, s: &SampleArgs, seed: u64, out: &Path, device: &Device, progress: bool) -> Result<()> {
+pub fn gen_data(
+    teacher: &Path,
+    p: &PromptArgs,
+    s: &SampleArgs,
+    seed: u64,
+    out: &Path,
+    device: &Device,
+    progress: bool,
+) -> Result<()> {
     let ckpt = HfCheckpoint::open(teacher).context("cannot load teacher")?;
     let prompts = read_prompts(
         &p.prompts,
@@ -293,7 +305,8 @@ pub fn export_cmd(teacher: &Path, run: &Path, out: &Path, progress: bool) -> Res
     let (state, tensors) = checkpoint::load(&weights)?;
     let student_spec = state["fingerprint"]["student"].as_str().context("the checkpoint does not say its format")?;
     let (format, group) = student_spec.split_once(" g").context("bad student description in the checkpoint")?;
-    let spec = QuantSpec::for_model(parse_format(format)?, group.parse().context("bad group size in the checkpoint")?, ckpt.config())?;
+    let spec =
+        QuantSpec::for_model(parse_format(format)?, group.parse().context("bad group size in the checkpoint")?, ckpt.config())?;
     let student = Llama::from_tensors(ckpt.config().clone(), ckpt.load_all()?, &Device::Cpu)?;
     load_student(&student, &tensors)?;
     let summary = std::fs::read(files.summary())
@@ -337,7 +350,15 @@ pub struct RunArgs {
     pub train: TrainArgs,
 }
 
-pub fn run_cmd(teacher: &Path, format: &str, group: usize, out: &Path, a: &RunArgs, device: &Device, progress: bool) -> Result<()> {
+pub fn run_cmd(
+    teacher: &Path,
+    format: &str,
+    group: usize,
+    out: &Path,
+    a: &RunArgs,
+    device: &Device,
+    progress: bool,
+) -> Result<()> {
     check_loss(&a.train.loss)?;
     let ckpt = HfCheckpoint::open(teacher).context("cannot load teacher")?;
     let config = ckpt.config().clone();
@@ -379,7 +400,15 @@ pub fn run_cmd(teacher: &Path, format: &str, group: usize, out: &Path, a: &RunAr
     Ok(())
 }
 
-pub fn demo_cmd(work: &Path, out: &Path, seed: u64, pretrain_steps: usize, qat_steps: usize, device: &Device, progress: bool) -> Result<()> {
+pub fn demo_cmd(
+    work: &Path,
+    out: &Path,
+    seed: u64,
+    pretrain_steps: usize,
+    qat_steps: usize,
+    device: &Device,
+    progress: bool,
+) -> Result<()> {
     ensure!(pretrain_steps > 0 && qat_steps > 0, "--pretrain-steps and --qat-steps must be positive");
     demo(&DemoOptions {
         work: work.to_path_buf(),

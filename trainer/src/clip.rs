@@ -282,7 +282,6 @@ impl LinearClip {
     }
 }
 
-
 /// `H_g = X_g^T X_g / T` for every group of columns of `x` (`tokens x cols`, row-major).
 fn grams(x: &[f32], tokens: usize, cols: usize, group: usize) -> Result<Vec<Vec<f32>>> {
     let xt = Tensor::from_slice(x, (tokens, cols), &Device::Cpu)?;

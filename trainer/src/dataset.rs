@@ -67,7 +67,12 @@ pub fn split(mut seqs: Vec<Sequence>, holdout: f64, seed: u64) -> Result<(Vec<Se
     if holdout > 0.0 {
         n_held = n_held.max(1);
     }
-    ensure!(n_held < seqs.len(), "{} sequences are too few to hold out {:.0}% and train on the rest", seqs.len(), holdout * 100.0);
+    ensure!(
+        n_held < seqs.len(),
+        "{} sequences are too few to hold out {:.0}% and train on the rest",
+        seqs.len(),
+        holdout * 100.0
+    );
     let train = seqs.split_off(n_held);
     Ok((train, seqs))
 }

@@ -269,7 +269,9 @@ fn run(cli: Cli) -> Result<()> {
             cli::train_cmd(&teacher, &format, group, clip.as_deref(), &data, &out_dir, resume, &train, &dev, progress())
         }
         Command::Export { teacher, run, out } => cli::export_cmd(&teacher, &run, &out, progress()),
-        Command::Run { teacher, format, group, out, args } => cli::run_cmd(&teacher, &format, group, &out, &args, &dev, progress()),
+        Command::Run { teacher, format, group, out, args } => {
+            cli::run_cmd(&teacher, &format, group, &out, &args, &dev, progress())
+        }
         Command::Demo { work, out, seed, pretrain_steps, qat_steps } => {
             cli::demo_cmd(&work, &out, seed, pretrain_steps, qat_steps, &dev, progress())
         }

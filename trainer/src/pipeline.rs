@@ -120,7 +120,9 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     let clip = if !opts.clip {
         stage("clip", "skipped (--no-clip)");
         None
-    } else if let Some(c) = ClipFile::load(&clip_path).ok().filter(|c| c.check_spec(spec).is_ok() && c.check_model(&config).is_ok()) {
+    } else if let Some(c) =
+        ClipFile::load(&clip_path).ok().filter(|c| c.check_spec(spec).is_ok() && c.check_model(&config).is_ok())
+    {
         stage("clip", format!("cached {}", clip_path.display()));
         Some(c)
     } else {
@@ -163,7 +165,13 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
     stage("gen-data", format!("{} prompts from {} -> {}", prompts.len(), opts.prompts.display(), data_path.display()));
     let g = generate_data(&teacher, &tok, &prompts, &data_path, &GenOptions { progress: opts.progress, ..opts.gen.clone() })?;
     if g.generated > 0 {
-        eprintln!("   {} new samples, {} tokens in {:.1} s ({:.0} tok/s)", g.generated, g.new_tokens, g.secs, g.new_tokens as f64 / g.secs.max(1e-9));
+        eprintln!(
+            "   {} new samples, {} tokens in {:.1} s ({:.0} tok/s)",
+            g.generated,
+            g.new_tokens,
+            g.secs,
+            g.new_tokens as f64 / g.secs.max(1e-9)
+        );
     }
     let seqs = read_sequences(&data_path, &tok, config.bos_id, config.vocab_size, opts.seq_len)?;
     let (train_set, heldout) = split(seqs, opts.holdout, opts.train.seed)?;
@@ -214,7 +222,15 @@ pub fn run(teacher_dir: &Path, opts: &RunOptions) -> Result<RunReport> {
 }
 
 /// Write the student as a packed `.bd2` with the training summary in its header.
-pub fn export(ckpt: &HfCheckpoint, student: &Llama, out: &Path, spec: QuantSpec, clipping: &str, summary: Value, progress: bool) -> Result<()> {
+pub fn export(
+    ckpt: &HfCheckpoint,
+    student: &Llama,
+    out: &Path,
+    spec: QuantSpec,
+    clipping: &str,
+    summary: Value,
+    progress: bool,
+) -> Result<()> {
     let tensors = student.to_tensors()?;
     let opts = ConvertOptions {
         format: DType::Quant(spec.format),
@@ -251,7 +267,11 @@ fn evaluate(
             if let Some(n) = e.chunks {
                 stream.truncate(n.saturating_mul(ctx - 1));
             }
-            let desc = format!("{} (ctx {ctx}{})", e.path.display(), e.chunks.map(|n| format!(", first {n} windows")).unwrap_or_default());
+            let desc = format!(
+                "{} (ctx {ctx}{})",
+                e.path.display(),
+                e.chunks.map(|n| format!(", first {n} windows")).unwrap_or_default()
+            );
             (stream, ctx, desc.clone(), desc)
         }
         None => {
@@ -259,7 +279,12 @@ fn evaluate(
             let stream: Vec<u32> = heldout.iter().flat_map(|s| s.ids.iter().copied().filter(|&t| t != config.bos_id)).collect();
             anyhow::ensure!(!stream.is_empty(), "nothing to evaluate on: give --eval-text or a non-zero --holdout");
             let ctx = config.max_context;
-            (stream, ctx, format!("the {} held-out teacher samples (ctx {ctx})", heldout.len()), format!("heldout:{}", heldout.len()))
+            (
+                stream,
+                ctx,
+                format!("the {} held-out teacher samples (ctx {ctx})", heldout.len()),
+                format!("heldout:{}", heldout.len()),
+            )
         }
     };
     stage("evaluate", &desc);
@@ -292,13 +317,18 @@ fn evaluate(
     debug_assert!(trained_tensors.iter().any(|(s, _)| s.role == TensorRole::BlockLinear));
     let trained = perplexity(&fq(trained_tensors)?, &stream, ctx, opts.progress)?.ppl;
     let runtime = runtime_perplexity(&opts.out, &stream, ctx)?;
-    rows.push(Row { name: format!("BitDistiller {} ({})", spec.describe(), opts.train.loss), ppl: trained, runtime_ppl: Some(runtime) });
+    rows.push(Row {
+        name: format!("BitDistiller {} ({})", spec.describe(), opts.train.loss),
+        ppl: trained,
+        runtime_ppl: Some(runtime),
+    });
     Ok((rows, desc))
 }
 
 /// Perplexity of a `.bd2` file as `bd-run perplexity` computes it.
 pub fn runtime_perplexity(path: &Path, stream: &[u32], ctx: usize) -> Result<f64> {
-    let model = bd_runtime::Model::open(path, bd_runtime::ReadOptions::default()).with_context(|| format!("runtime: cannot load {}", path.display()))?;
+    let model = bd_runtime::Model::open(path, bd_runtime::ReadOptions::default())
+        .with_context(|| format!("runtime: cannot load {}", path.display()))?;
     let bos = model.config().bos_id;
     let mut session = bd_runtime::Session::new(&model, ctx, bd_runtime::default_threads())?;
     Ok(session.with_pool(|s| bd_runtime::perplexity(s, stream, bos, ctx, |_, _, _| {}))?.ppl)

@@ -61,7 +61,10 @@ pub fn loss_svg(title: &str, y_label: &str, series: &[Series]) -> String {
     let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT);
     let py = |y: f64| H - BOTTOM - (y - y0) / (y1 - y0) * (H - TOP - BOTTOM);
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(title));
     for t in ticks(y0, y1, 6) {
@@ -74,21 +77,38 @@ pub fn loss_svg(title: &str, y_label: &str, series: &[Series]) -> String {
         let _ = writeln!(s, r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{}" stroke="#e4e4e4"/>"##, H - BOTTOM);
         let _ = writeln!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#, H - BOTTOM + 16.0, label(t));
     }
-    let _ = writeln!(s, r#"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="black"/>"#, W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let _ = writeln!(
+        s,
+        r#"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="black"/>"#,
+        W - LEFT - RIGHT,
+        H - TOP - BOTTOM
+    );
     let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">step</text>"#, (LEFT + W - RIGHT) / 2.0, H - 12.0);
-    let _ = writeln!(s, r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#, H / 2.0, H / 2.0, escape(y_label));
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        H / 2.0,
+        H / 2.0,
+        escape(y_label)
+    );
     for (i, ser) in series.iter().enumerate() {
-        let path: Vec<String> =
-            ser.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let path: Vec<String> = ser
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
         if path.len() == 1 {
             let (x, y) = path[0].split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#, ser.color);
         } else if !path.is_empty() {
-            let _ = writeln!(s, r#"<polyline fill="none" stroke="{}" stroke-width="1.6" points="{}"/>"#, ser.color, path.join(" "));
+            let _ =
+                writeln!(s, r#"<polyline fill="none" stroke="{}" stroke-width="1.6" points="{}"/>"#, ser.color, path.join(" "));
         }
         let ly = TOP + 16.0 + 18.0 * i as f64;
         let lx = W - RIGHT - 170.0;
-        let _ = writeln!(s, r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="3"/>"#, lx + 22.0, ser.color);
+        let _ =
+            writeln!(s, r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="3"/>"#, lx + 22.0, ser.color);
         let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, lx + 28.0, ly + 4.0, escape(ser.name));
     }
     s.push_str("</svg>\n");

@@ -258,7 +258,13 @@ pub fn generate_data(teacher: &Llama, tok: &Tokenizer, prompts: &[String], out: 
 }
 
 /// Sample continuations of the prompts `indices` together.
-fn generate_batch(teacher: &Llama, tok: &Tokenizer, prompts: &[String], indices: &[usize], opts: &GenOptions) -> Result<Vec<Sample>> {
+fn generate_batch(
+    teacher: &Llama,
+    tok: &Tokenizer,
+    prompts: &[String],
+    indices: &[usize],
+    opts: &GenOptions,
+) -> Result<Vec<Sample>> {
     let c = &teacher.config;
     let dev = teacher.device();
     // At least one new token must fit: prompts longer than half the context are cut to it.
@@ -273,7 +279,8 @@ fn generate_batch(teacher: &Llama, tok: &Tokenizer, prompts: &[String], indices:
     let prompt_len: Vec<usize> = rows.iter().map(Vec::len).collect();
     let longest = prompt_len.iter().copied().max().unwrap_or(1);
     let pad: Vec<usize> = rows.iter().map(|r| longest - r.len()).collect();
-    let padded: Vec<Vec<u32>> = rows.iter().map(|r| std::iter::repeat_n(c.bos_id, longest - r.len()).chain(r.iter().copied()).collect()).collect();
+    let padded: Vec<Vec<u32>> =
+        rows.iter().map(|r| std::iter::repeat_n(c.bos_id, longest - r.len()).chain(r.iter().copied()).collect()).collect();
     let refs: Vec<&[u32]> = padded.iter().map(|r| r.as_slice()).collect();
     let mut cache = KvCache::default();
     let mut logits = teacher.forward_cached_padded(&ids_tensor(&refs, dev)?, &mut cache, Some(&pad))?;
@@ -320,12 +327,14 @@ fn generate_batch(teacher: &Llama, tok: &Tokenizer, prompts: &[String], indices:
 /// whose probability reaches `top_p` (Hugging Face's order: temperature first, then top-p).
 /// Temperature 0 is greedy (the lowest id among ties).
 pub fn sample_token(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> u32 {
-    let argmax = || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0 as u32;
+    let argmax =
+        || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0 as u32;
     if temperature == 0.0 {
         return argmax();
     }
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let mut p: Vec<(f64, u32)> = logits.iter().enumerate().map(|(i, &l)| (((l as f64 - m) / temperature).exp(), i as u32)).collect();
+    let mut p: Vec<(f64, u32)> =
+        logits.iter().enumerate().map(|(i, &l)| (((l as f64 - m) / temperature).exp(), i as u32)).collect();
     let sum: f64 = p.iter().map(|x| x.0).sum();
     if !(sum.is_finite() && sum > 0.0) {
         return argmax();

@@ -185,7 +185,12 @@ pub fn heldout_loss(student: &mut Llama, teacher: &Llama, loss: Loss, seqs: &[Se
             let rows_per = opts.optim.chunk_rows.max(1);
             for start in (0..bs * s).step_by(rows_per) {
                 let n = rows_per.min(bs * s - start);
-                let r = distill::per_row(loss, &ls.narrow(0, start, n)?, &lt.narrow(0, start, n)?, Some(&targets.narrow(0, start, n)?))?;
+                let r = distill::per_row(
+                    loss,
+                    &ls.narrow(0, start, n)?,
+                    &lt.narrow(0, start, n)?,
+                    Some(&targets.narrow(0, start, n)?),
+                )?;
                 let m = mask.narrow(0, start, n)?;
                 sum += (r * &m)?.sum_all()?.to_scalar::<f32>()? as f64;
                 tokens += m.sum_all()?.to_scalar::<f32>()? as f64;
@@ -334,7 +339,11 @@ pub fn train(
         Ok(())
     };
     let save_best = |student: &Llama, step: usize, l: f64| -> Result<()> {
-        checkpoint::save(&files.best(), &json!({"step": step, "heldout_loss": l, "fingerprint": fingerprint}), &student_tensors(student)?)
+        checkpoint::save(
+            &files.best(),
+            &json!({"step": step, "heldout_loss": l, "fingerprint": fingerprint}),
+            &student_tensors(student)?,
+        )
     };
     if start_step == 0 && !heldout.is_empty() {
         let l = heldout_loss(student, teacher, loss, heldout, opts)?;
@@ -346,7 +355,8 @@ pub fn train(
 
     let bar = if progress { ProgressBar::new(o.total_steps as u64) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("train {bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(start_step as u64);
     let started = Instant::now();

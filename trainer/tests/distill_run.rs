@@ -30,7 +30,10 @@ fn prompts_file(dir: &Path, n: usize) -> String {
     let words = ["the", "hello", "world", "in", "on", "hill", "wall", "then", "there", "all"];
     let mut r = Rng::new(3);
     let lines: Vec<String> = (0..n)
-        .map(|_| serde_json::json!({"prompt": (0..3 + r.below(5)).map(|_| words[r.below(words.len())]).collect::<Vec<_>>().join(" ")}).to_string())
+        .map(|_| {
+            serde_json::json!({"prompt": (0..3 + r.below(5)).map(|_| words[r.below(words.len())]).collect::<Vec<_>>().join(" ")})
+                .to_string()
+        })
         .collect();
     let p = dir.join("prompts.jsonl");
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
@@ -54,7 +57,15 @@ fn left_padded_batches_score_each_row_as_if_alone() {
         let alone = model.forward(&ids_tensor(&[&full], &dev).unwrap()).unwrap();
         let v = model.config.vocab_size;
         let want_last_prompt = alone.narrow(1, ids.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let got = both.narrow(0, row, 1).unwrap().narrow(1, pad + ids.len() - 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got = both
+            .narrow(0, row, 1)
+            .unwrap()
+            .narrow(1, pad + ids.len() - 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let want_next = alone.narrow(1, ids.len(), 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let got_next = step.narrow(0, row, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(got.len(), v);
@@ -152,8 +163,31 @@ fn gen_data(hf: &str, dir: &Path) -> String {
 
 fn train_args<'a>(hf: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--teacher", hf, "--format", "int2", "--group", "32", "--data", data, "--out-dir", out, "--steps", "9",
-        "--batch", "4", "--accumulation", "2", "--save-every", "3", "--eval-every", "4", "--lr", "3e-3", "--seed", "4",
+        "train",
+        "--teacher",
+        hf,
+        "--format",
+        "int2",
+        "--group",
+        "32",
+        "--data",
+        data,
+        "--out-dir",
+        out,
+        "--steps",
+        "9",
+        "--batch",
+        "4",
+        "--accumulation",
+        "2",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "4",
+        "--lr",
+        "3e-3",
+        "--seed",
+        "4",
     ]
 }
 
@@ -254,7 +288,10 @@ fn losses_train_and_freezing_keeps_float_tensors() {
     let ckpt = bd_formats::hf::HfCheckpoint::open(Path::new(hf)).unwrap();
     let map = checkpoint::with_prefix(&t, "student/");
     assert_eq!(map["model.norm.weight"].2, ckpt.tensor_f32("model.norm.weight").unwrap());
-    assert_ne!(map["model.layers.0.self_attn.q_proj.weight"].2, ckpt.tensor_f32("model.layers.0.self_attn.q_proj.weight").unwrap());
+    assert_ne!(
+        map["model.layers.0.self_attn.q_proj.weight"].2,
+        ckpt.tensor_f32("model.layers.0.self_attn.q_proj.weight").unwrap()
+    );
     let bad = ["--loss", "kl2"];
     let mut args = train_args(hf, &data, out.to_str().unwrap());
     args.extend(bad);
@@ -271,8 +308,27 @@ fn run_pipeline_caches_its_stages_and_runtime_agrees() {
     std::fs::write(&calib_path, calib).unwrap();
     let out = dir.path().join("m.bd2");
     let args = [
-        "run", "--teacher", hf, "--format", "nf3", "--group", "32", "--out", out.to_str().unwrap(), "--prompts", &pfile,
-        "--calib", calib_path.to_str().unwrap(), "--calib-docs", "60", "--max-new", "20", "--steps", "6", "--batch", "4",
+        "run",
+        "--teacher",
+        hf,
+        "--format",
+        "nf3",
+        "--group",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+        "--prompts",
+        &pfile,
+        "--calib",
+        calib_path.to_str().unwrap(),
+        "--calib-docs",
+        "60",
+        "--max-new",
+        "20",
+        "--steps",
+        "6",
+        "--batch",
+        "4",
     ];
     let first = bd_train(&args);
     let err = ok(&first);
@@ -299,11 +355,21 @@ fn demo_runs_end_to_end_in_small() {
     let work = dir.path().join("w");
     let out = dir.path().join("demo.bd2");
     let o = bd_train(&[
-        "demo", "--work", work.to_str().unwrap(), "--out", out.to_str().unwrap(), "--pretrain-steps", "20", "--qat-steps", "4",
+        "demo",
+        "--work",
+        work.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--pretrain-steps",
+        "20",
+        "--qat-steps",
+        "4",
     ]);
     ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    for needle in ["| fp (teacher) |", "| RTN int2 g32 |", "| clip + RTN int2 g32 |", "BitDistiller int2", "prompt: \"mia lives in\""] {
+    for needle in
+        ["| fp (teacher) |", "| RTN int2 g32 |", "| clip + RTN int2 g32 |", "BitDistiller int2", "prompt: \"mia lives in\""]
+    {
         assert!(stdout.contains(needle), "{needle} missing from {stdout}");
     }
     assert!(Bd2File::open(&out, ReadOptions::default()).is_ok());

@@ -31,6 +31,8 @@ pub(super) const WCH: usize = 32;
 pub(super) const WSEG: usize = WCH * 8;
 /// Largest rows x inputs tile.
 pub(super) const MAX_TILE: usize = 8;
+/// How many row blocks ahead the code prefetches reach.
+const PF: usize = 2;
 
 pub(super) fn chunk_bytes(bits: u32) -> usize {
     [0, 0, 32, 48, 64][bits as usize]
@@ -61,6 +63,7 @@ pub(super) unsafe fn int_rows(
     ys: usize,
     vnni: bool,
     gfni: bool,
+    act8: bool,
 ) {
     type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
     macro_rules! pick {
@@ -69,8 +72,10 @@ pub(super) unsafe fn int_rows(
                 rows_vnni_gfni::<$b, $s> as F
             } else if vnni {
                 rows_vnni::<$b, $s> as F
+            } else if act8 {
+                rows_avx2::<$b, $s, true> as F
             } else {
-                rows_avx2::<$b, $s> as F
+                rows_avx2::<$b, $s, false> as F
             }
         };
     }
@@ -94,7 +99,7 @@ pub(super) unsafe fn int_rows(
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_avx2<const B: u32, const SEGS: usize>(
+unsafe fn rows_avx2<const B: u32, const SEGS: usize, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -104,7 +109,7 @@ unsafe fn rows_avx2<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, false, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, false, false, A8>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -119,7 +124,7 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, false, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
@@ -134,7 +139,7 @@ unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true, true>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, true, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 /// Tiles (measured on Zen 4): one input, 8 rows (AVX-512: 32 registers) or 4 (AVX2), so each
@@ -143,7 +148,7 @@ unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize>(
 /// loop: a tile's activations stay in L1 while the rows stream by.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF: bool>(
+unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF: bool, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -158,11 +163,11 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
     while VNNI && k + 2 <= k1 {
         let mut r = r0;
         while r + 4 <= r1 {
-            block::<B, SEGS, 4, 2, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 4, 2, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
         }
         while r < r1 {
-            block::<B, SEGS, 1, 2, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 2, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 2;
@@ -170,7 +175,7 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
     while k + 4 <= k1 {
         let mut r = r0;
         while r < r1 {
-            block::<B, SEGS, 1, 4, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 4, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 4;
@@ -188,11 +193,11 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
             }
         }
         while r + 4 <= r1 {
-            block::<B, SEGS, 4, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 4, 1, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
         }
         while r < r1 {
-            block::<B, SEGS, 1, 1, VNNI>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 1, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 1;
@@ -271,6 +276,16 @@ unsafe fn combine<const VNNI: bool>(hi: __m256i, lo: __m256i) -> __m256i {
         _mm256_add_epi32(_mm256_slli_epi32::<8>(hi), lo)
     } else {
         _mm256_add_epi32(_mm256_madd_epi16(hi, _mm256_set1_epi16(256)), _mm256_madd_epi16(lo, _mm256_set1_epi16(1)))
+    }
+}
+
+/// `256 * hi` of a segment's accumulator (the low plane is zero), as 32-bit lanes.
+#[inline(always)]
+unsafe fn combine_hi<const VNNI: bool>(hi: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_slli_epi32::<8>(hi)
+    } else {
+        _mm256_madd_epi16(hi, _mm256_set1_epi16(256))
     }
 }
 
@@ -371,7 +386,7 @@ pub(super) unsafe fn prep<const B: u32, const R: usize, const C: usize>(
 /// `R` rows from `r0`, `C` inputs from `k0`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize, const VNNI: bool>(
+unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize, const VNNI: bool, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -428,10 +443,10 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                 // Streams of a few KB are too short for the hardware prefetcher to pick up:
                 // fetch the same chunk of the next block of rows, one block ahead.
                 if B != 2 || cc % 2 == 0 {
-                    prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb));
+                    prefetch(codes[r].wrapping_add(PF * R * l.row_code_bytes + cc * cb));
                 }
                 if B != 2 {
-                    prefetch(codes[r].wrapping_add(R * l.row_code_bytes + cc * cb + 32));
+                    prefetch(codes[r].wrapping_add(PF * R * l.row_code_bytes + cc * cb + 32));
                 }
             }
             // Two accumulators per plane (even and odd fields) halve the chains of dependent
@@ -448,10 +463,15 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                 for k in 0..C {
                     let off = cc * CHUNK + 32 * j;
                     let h = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
-                    let lo = _mm256_loadu_si256(xl[k].add(off) as *const __m256i);
                     for r in 0..R {
                         ah[r][k][a] = dot::<VNNI>(ah[r][k][a], f[r], h);
-                        al[r][k][a] = dot::<VNNI>(al[r][k][a], f[r], lo);
+                    }
+                    // 8-bit activations: the low plane is zero (see `act`).
+                    if !A8 {
+                        let lo = _mm256_loadu_si256(xl[k].add(off) as *const __m256i);
+                        for r in 0..R {
+                            al[r][k][a] = dot::<VNNI>(al[r][k][a], f[r], lo);
+                        }
                     }
                 }
                 let ends = match SEGS {
@@ -475,7 +495,7 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                             } else {
                                 (ah[r][k][0], al[r][k][0])
                             };
-                            let s = _mm256_cvtepi32_ps(combine::<VNNI>(h, lo));
+                            let s = _mm256_cvtepi32_ps(if A8 { combine_hi::<VNNI>(h) } else { combine::<VNNI>(h, lo) });
                             facc[r][k] = _mm256_fmadd_ps(s, fv, facc[r][k]);
                             ah[r][k] = [_mm256_setzero_si256(); 2];
                             al[r][k] = [_mm256_setzero_si256(); 2];

@@ -14,8 +14,10 @@ const NAMES: [&str; 16] =
     ["mia", "tom", "lily", "ben", "anna", "max", "sara", "leo", "emma", "jack", "zoe", "sam", "ella", "noah", "ruby", "finn"];
 const TOWNS: [&str; 8] = ["oslo", "paris", "rome", "lima", "cairo", "tokyo", "dublin", "quito"];
 const PETS: [&str; 6] = ["cat", "dog", "bird", "fish", "rabbit", "horse"];
-const PET_NAMES: [&str; 16] =
-    ["rex", "bella", "coco", "milo", "luna", "pip", "oscar", "daisy", "bingo", "nala", "otto", "kiwi", "rocky", "polly", "fudge", "zigzag"];
+const PET_NAMES: [&str; 16] = [
+    "rex", "bella", "coco", "milo", "luna", "pip", "oscar", "daisy", "bingo", "nala", "otto", "kiwi", "rocky", "polly", "fudge",
+    "zigzag",
+];
 const COLORS: [&str; 7] = ["red", "blue", "green", "yellow", "purple", "orange", "pink"];
 const FOODS: [&str; 8] = ["apples", "bread", "rice", "soup", "cake", "cheese", "pasta", "berries"];
 const JOBS: [&str; 8] = ["baker", "doctor", "teacher", "farmer", "pilot", "painter", "singer", "builder"];
@@ -23,8 +25,8 @@ const THINGS: [&str; 8] = ["ball", "kite", "boat", "tree", "house", "flower", "h
 const NUMBERS: [&str; 11] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
 const GLUE: [&str; 44] = [
     ".", "lives", "in", "has", "a", "named", "the", "favorite", "color", "of", "is", "likes", "to", "eat", "works", "as", "one",
-    "day", "went", "with", "they", "saw", "was", "happy", "had", "got", "more", "now", "and", "every", "morning", "walks", "gives",
-    "some", "friend", "visits", "who", "pet", "at", "home", "loves", "town", "big", "little",
+    "day", "went", "with", "they", "saw", "was", "happy", "had", "got", "more", "now", "and", "every", "morning", "walks",
+    "gives", "some", "friend", "visits", "who", "pet", "at", "home", "loves", "town", "big", "little",
 ];
 
 /// One person of the world.
@@ -91,7 +93,14 @@ fn document(w: &[Person], r: &mut Rng) -> String {
             let b = r.below(5);
             s.push(format!(
                 "{} had {} {} . {} got {} more . now {} has {} {} .",
-                p.name, NUMBERS[a], p.food, p.name, NUMBERS[b], p.name, NUMBERS[a + b], p.food
+                p.name,
+                NUMBERS[a],
+                p.food,
+                p.name,
+                NUMBERS[b],
+                p.name,
+                NUMBERS[a + b],
+                p.food
             ));
         }
         _ => {
@@ -130,9 +139,7 @@ pub fn tokenizer_json() -> String {
     for (i, w) in ["<unk>", "<s>", "</s>"].into_iter().chain(words()).enumerate() {
         vocab.insert(w.to_string(), json!(i));
     }
-    let special = |id: u32, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-    };
+    let special = |id: u32, content: &str| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
     let v: Value = json!({
         "version": "1.0",
         "truncation": null,

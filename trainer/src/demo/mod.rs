@@ -197,7 +197,12 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
         .map(|d| json!({"prompt": d.split(' ').take(3).collect::<Vec<_>>().join(" ")}).to_string())
         .collect();
     write_atomic(&prompts, (lines.join("\n") + "\n").as_bytes())?;
-    eprintln!("== corpus: {} documents for calibration, 400 for evaluation, {} prompts in {}", train_docs.len(), lines.len(), w.display());
+    eprintln!(
+        "== corpus: {} documents for calibration, 400 for evaluation, {} prompts in {}",
+        train_docs.len(),
+        lines.len(),
+        w.display()
+    );
 
     // 2. The teacher.
     let teacher_dir = w.join("teacher");
@@ -236,11 +241,7 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
         steps: Some(opts.qat_steps),
         epochs: 0.0,
         train: TrainOptions {
-            optim: TrainConfig {
-                lr: pipeline::default_lr(params),
-                schedule: Schedule::Constant,
-                ..TrainConfig::default()
-            },
+            optim: TrainConfig { lr: pipeline::default_lr(params), schedule: Schedule::Constant, ..TrainConfig::default() },
             batch: 16,
             seed: opts.seed,
             eval_every: 50,
@@ -263,7 +264,11 @@ pub fn demo(opts: &DemoOptions) -> Result<()> {
             100.0 * (rtn - nll("clip").unwrap_or(rtn)) / (rtn - fp)
         );
     }
-    println!("gamma {:.4}, loss curve {}", report.summary["gamma"].as_f64().unwrap_or(f64::NAN), run.work.join("train/loss.svg").display());
+    println!(
+        "gamma {:.4}, loss curve {}",
+        report.summary["gamma"].as_f64().unwrap_or(f64::NAN),
+        run.work.join("train/loss.svg").display()
+    );
 
     // 4. Generations from the runtime: the fp teacher, plain 2-bit rounding and the distilled file.
     let fp = w.join("teacher-f32.bd2");
