@@ -60,7 +60,7 @@ pub(crate) fn vec_len(n: usize) -> usize {
 /// Quantized activations of up to `cap_n` inputs of up to `cap_cols` values.
 pub(crate) struct ActBuf {
     pub xq: Vec<i16>,
-    /// `xq` in pair order (`nf_int::pair_order`), for the integer NF kernels.
+    /// `xq` in the element order of the integer NF kernels (`nf_int::pair_order`, `unpack_order`).
     pub xp: Vec<i16>,
     pub dseg: Vec<f32>,
     pub gx: Vec<f32>,
@@ -76,7 +76,7 @@ pub(crate) struct ActBuf {
 pub(crate) struct ActQ<'a> {
     /// `[n][pcols]`, zero past `cols`.
     pub xq: &'a [i16],
-    /// `[n][pcols]`: `xq` in pair order, or empty when not asked for.
+    /// `[n][pcols]`: `xq` in the NF kernels' order, or empty when not asked for.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xp: &'a [i16],
     /// `[n][sstride]`: block scale of each segment, zero past the last one.
@@ -156,9 +156,18 @@ impl ActBuf {
         self.cap_n = n;
     }
 
-    /// Quantize `n` inputs (`x` is `[n][cols]`) for a matrix with group size `group`; `pairs`:
-    /// also fill `xp` (the integer NF kernels); `act8`: 8-bit activations (module docs).
-    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize, group: usize, pairs: bool, act8: bool) -> ActQ<'_> {
+    /// Quantize `n` inputs (`x` is `[n][cols]`) for a matrix with group size `group`; `order`:
+    /// also fill `xp` in that order (the integer NF kernels); `act8`: 8-bit activations (module
+    /// docs).
+    pub fn quantize(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        group: usize,
+        order: Option<super::nf_int::XpOrder>,
+        act8: bool,
+    ) -> ActQ<'_> {
         assert_eq!(x.len(), n * cols);
         self.reserve(cols, n);
         let (pcols, sstride, gstride) = strides(cols, group);
@@ -192,12 +201,12 @@ impl ActBuf {
                 one(k, xq, dseg, gx, hi, lo);
             }
         }
-        if pairs {
-            super::nf_int::pair_order(&self.xq[..n * pcols], &mut self.xp[..n * pcols]);
+        if let Some(order) = order {
+            order(&self.xq[..n * pcols], &mut self.xp[..n * pcols]);
         }
         ActQ {
             xq: &self.xq[..n * pcols],
-            xp: if pairs { &self.xp[..n * pcols] } else { &[] },
+            xp: if order.is_some() { &self.xp[..n * pcols] } else { &[] },
             dseg: &self.dseg[..n * sstride],
             gx: &self.gx[..n * gstride],
             hi: &self.hi[..n * pcols],

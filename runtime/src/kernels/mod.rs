@@ -57,6 +57,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_float;
 #[cfg(target_arch = "x86_64")]
+mod avx2_nf;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_float;
@@ -296,7 +298,7 @@ impl Kernels {
             }
             (_, WeightData::Quant(p)) if !p.format().is_nf() || self.nf_integer(&p) => {
                 assert_eq!((p.layout.rows, p.layout.cols), (rows, cols), "weight shape");
-                let act = scratch.act.quantize(x, n, cols, p.layout.group, p.format().is_nf(), self.act8);
+                let act = scratch.act.quantize(x, n, cols, p.layout.group, self.xp_order(&p), self.act8);
                 let f =
                     |r0: usize, r1: usize, k0: usize, k1: usize| unsafe { self.int_rows(&p, &act, k0, k1, r0, r1, out, rows) };
                 par_rows(rows, cols, n, panel(2 * cols), f);
@@ -314,10 +316,20 @@ impl Kernels {
     }
 
     /// Whether NF weights `p` take the integer scheme (`nf_int.rs`) rather than exact f32: the
-    /// AVX-512 kernels, groups of at least 32.
+    /// AVX-512 and AVX2 kernels, groups of at least 32.
     #[doc(hidden)]
     pub fn nf_integer(&self, p: &PackedMatrix) -> bool {
-        p.format().is_nf() && self.isa == Isa::Avx512 && p.layout.group >= nf_int::MIN_GROUP
+        p.format().is_nf() && matches!(self.isa, Isa::Avx512 | Isa::Avx2) && p.layout.group >= nf_int::MIN_GROUP
+    }
+
+    /// The activation order the integer NF kernel of this ISA reads (`None`: not needed).
+    fn xp_order(&self, p: &PackedMatrix) -> Option<nf_int::XpOrder> {
+        match self.isa {
+            _ if !self.nf_integer(p) => None,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(nf_int::unpack_order),
+            _ => Some(nf_int::pair_order),
+        }
     }
 
     /// INT formats (and NF ones where `nf_integer`), inputs `k0..k1` of `act`, rows `r0..r1`.
@@ -336,6 +348,8 @@ impl Kernels {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, false),
             #[cfg(target_arch = "x86_64")]
@@ -380,7 +394,7 @@ impl Kernels {
         let WeightData::Quant(p) = w.data else { panic!("int_twin_matvec needs a quantized weight") };
         let nf = p.format().is_nf();
         let mut buf = ActBuf::new(w.cols, 1);
-        let act = buf.quantize(x, 1, w.cols, p.layout.group, false, act8);
+        let act = buf.quantize(x, 1, w.cols, p.layout.group, None, act8);
         for (r, yr) in y.iter_mut().enumerate() {
             *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0) } else { act::int_row_twin(&p, r, &act, 0) };
         }

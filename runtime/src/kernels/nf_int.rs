@@ -1,4 +1,4 @@
-//! The integer scheme of the NF kernels (AVX-512), and its scalar twin.
+//! The integer scheme of the NF kernels (AVX-512, AVX2), and its scalar twin.
 //!
 //! # The scheme
 //!
@@ -12,8 +12,9 @@
 //! ```
 //!
 //! where `s_q` is the scale of code `q`'s side, and `X_i`, `d_b` are the 16-bit activations of
-//! [`super::act`]. A kernel looks the table up with `vpermw` and multiplies 16-bit pairs with
-//! `vpdpwssd`; the integer sums are exact, so SIMD and this twin differ only in f32 summation order.
+//! [`super::act`]. AVX-512 looks the table up with `vpermw` and multiplies 16-bit pairs with
+//! `vpdpwssd`; AVX2 looks up the table's low and high bytes with two `vpshufb` and multiplies with
+//! `vpmaddwd`. The integer sums are exact, so SIMD and this twin differ only in f32 summation order.
 //!
 //! `TMAX = 4095` is the largest table magnitude for which a 128-weight segment cannot overflow a
 //! 32-bit lane: a lane sums 16 products, `16 * 4095 * 32639 < 2^31`.
@@ -71,6 +72,21 @@ pub(crate) fn pair_order(xq: &[i16], xp: &mut [i16]) {
                     dst[32 * odd + 16 * h + k] = src[32 * h + 2 * k + odd];
                 }
             }
+        }
+    }
+}
+
+/// An element order for the activations of the integer NF kernels (`act::ActBuf::quantize`).
+pub(crate) type XpOrder = fn(&[i16], &mut [i16]);
+
+/// The order of the AVX2 lookups: a 32-element block's low and high table bytes, interleaved by
+/// `vpunpcklbw` / `vpunpckhbw` within 128-bit lanes, give elements 0-7 and 16-23, then 8-15 and
+/// 24-31. So each 32 elements are stored as 0-7, 16-23, 8-15, 24-31.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn unpack_order(xq: &[i16], xp: &mut [i16]) {
+    for (src, dst) in xq.chunks_exact(32).zip(xp.chunks_exact_mut(32)) {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = src[[0, 16, 8, 24][i / 8] + i % 8];
         }
     }
 }

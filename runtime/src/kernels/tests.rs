@@ -526,12 +526,12 @@ fn kernel_compute_rate() {
             let WeightData::Quant(p) = w.data else { unreachable!() };
             let x = rng.acts(cols);
             let mut buf = ActBuf::new(cols, 1);
-            let act = buf.quantize(&x, 1, cols, 128, format.is_nf(), false);
             let mut y = vec![0f32; rows];
             for k in simd_kernels() {
                 if std::env::var("BD_RATE_ISA").is_ok_and(|i| i != k.isa().name()) {
                     continue;
                 }
+                let act = buf.quantize(&x, 1, cols, 128, k.xp_order(&p), k.act8());
                 let iters = (1usize << 28) / (rows * cols);
                 let iters = iters / 8;
                 let mut best = f64::MAX;
@@ -565,7 +565,7 @@ fn activation_quantization_rate() {
         for _ in 0..20 {
             let t = std::time::Instant::now();
             for _ in 0..iters {
-                std::hint::black_box(buf.quantize(std::hint::black_box(&x), 1, cols, 128, false, false).pcols);
+                std::hint::black_box(buf.quantize(std::hint::black_box(&x), 1, cols, 128, None, false).pcols);
             }
             best = best.min(t.elapsed().as_secs_f64() / iters as f64);
         }

@@ -230,7 +230,7 @@ unsafe fn field2(w: __m256i, j: usize) -> __m256i {
 
 /// The codes of weights `32j..32j+31` of a chunk, one per byte.
 #[inline(always)]
-unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256i {
+pub(super) unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256i {
     match B {
         2 => field2(raw[0], j),
         4 => {
