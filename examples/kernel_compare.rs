@@ -273,9 +273,15 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
     };
     writeln!(out, "\nTargets (issue 3):").unwrap();
     for shape in &shapes {
-        for (ours, theirs, want) in
-            [("int2_g128", "ggml_q2_K", 2.0), ("nf3_g128", "ggml_q3_K", 1.8), ("int3_g128", "ggml_q3_K", 1.8)]
-        {
+        for (ours, theirs, want) in [
+            ("int2_g128", "ggml_q2_K", 2.0),
+            ("nf3_g128", "ggml_q3_K", 1.8),
+            ("int3_g128", "ggml_q3_K", 1.8),
+            // 8-bit activations (`--act-bits 8`), as ggml's own kernels use.
+            ("int2_g128_a8", "ggml_q2_K", 2.0),
+            ("nf3_g128_a8", "ggml_q3_K", 1.8),
+            ("int3_g128_a8", "ggml_q3_K", 1.8),
+        ] {
             if let (Some(a), Some(b)) = (find(ours, shape, 1, "cache"), find(theirs, shape, 1, "cache")) {
                 let x = b.ns_per_weight / a.ns_per_weight;
                 writeln!(
@@ -289,7 +295,17 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
         let maxt = rows.iter().map(|r| r.threads).max().unwrap_or(1);
         for (t, want) in [(1, 0.85), (maxt, 0.90)] {
             let Some(b) = bw.get(&t) else { continue };
-            for k in ["int2_g128", "int3_g128", "nf3_g128", "int4_g128", "nf4_g128", "ggml_q2_K"] {
+            for k in [
+                "int2_g128",
+                "int3_g128",
+                "nf3_g128",
+                "int4_g128",
+                "nf4_g128",
+                "int2_g128_a8",
+                "int3_g128_a8",
+                "int4_g128_a8",
+                "ggml_q2_K",
+            ] {
                 if let Some(r) = find(k, shape, t, "dram") {
                     let f = r.gb_s / b;
                     let check = if k.starts_with("ggml") { String::from("(reference point)") } else { verdict(f >= want) };
@@ -314,6 +330,10 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
         ("nf3_g128", "candle_q3k"),
         ("int4_g128", "candle_q4_0"),
         ("nf4_g128", "candle_q4_0"),
+        ("int2_g128_a8", "candle_q2k"),
+        ("int3_g128_a8", "candle_q3k"),
+        ("nf3_g128_a8", "candle_q3k"),
+        ("int4_g128_a8", "candle_q4_0"),
     ] {
         for a in rows.iter().filter(|r| r.kernel == ours) {
             if let Some(b) = find(candle, &a.shape, a.threads, a.where_) {
