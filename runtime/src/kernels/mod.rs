@@ -355,7 +355,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false, false, self.act8),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::int_rows(p, act, k0, k1, r0, r1, out.0, ys, self.dotprod),
+            Isa::Neon => neon::int_rows(p, act, k0, k1, r0, r1, out.0, ys, self.dotprod, self.act8),
             _ => {
                 for k in k0..k1 {
                     for r in r0..r1 {

@@ -3,8 +3,8 @@
 //! INT: codes unpacked to bytes, 16 per register (field `j` of bytes `16h..16h+15` of a code lane
 //! is weights `32j + 16h ..` of the chunk). With the dot-product extension, `sdot` multiplies them
 //! with the two signed bytes of each 16-bit activation (`X = 256 * hi + lo`, [`super::act`]) into
-//! a `hi` and a `lo` accumulator; without it, the codes widen to 16 bits and `smlal` multiplies
-//! them with `X` directly. Either way the integer sums are exact, and each segment's sum becomes
+//! a `hi` and a `lo` accumulator (only `hi` with 8-bit activations, whose low plane is zero);
+//! without it, the codes widen to 16 bits and `smlal` multiplies them with `X` directly. Either way the integer sums are exact, and each segment's sum becomes
 //! f32 once (`y += (s * d) * S`); zero points are applied once per group.
 //!
 //! NF: exact f32. A group's 16 dequantized levels sit in four registers (64 bytes) and `tbl`
@@ -77,12 +77,15 @@ pub(super) unsafe fn int_rows(
     y: *mut f32,
     ys: usize,
     dot: bool,
+    act8: bool,
 ) {
     type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
     macro_rules! pick {
         ($b:literal, $s:literal) => {
-            if dot {
-                rows_dot::<$b, $s> as F
+            if dot && act8 {
+                rows_dot::<$b, $s, true> as F
+            } else if dot {
+                rows_dot::<$b, $s, false> as F
             } else {
                 rows_plain::<$b, $s> as F
             }
@@ -118,12 +121,12 @@ unsafe fn rows_plain<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, false, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "neon,dotprod")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_dot<const B: u32, const SEGS: usize>(
+unsafe fn rows_dot<const B: u32, const SEGS: usize, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -133,12 +136,12 @@ unsafe fn rows_dot<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, A8>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_impl<const B: u32, const SEGS: usize, const DOT: bool>(
+unsafe fn rows_impl<const B: u32, const SEGS: usize, const DOT: bool, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -152,18 +155,18 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const DOT: bool>(
     let mut k = k0;
     while k + 4 <= k1 {
         for r in r0..r1 {
-            int_block::<B, SEGS, 1, 4, DOT>(p, act, r, k, y, ys, &mut fbuf);
+            int_block::<B, SEGS, 1, 4, DOT, A8>(p, act, r, k, y, ys, &mut fbuf);
         }
         k += 4;
     }
     while k < k1 {
         let mut r = r0;
         while r + 4 <= r1 {
-            int_block::<B, SEGS, 4, 1, DOT>(p, act, r, k, y, ys, &mut fbuf);
+            int_block::<B, SEGS, 4, 1, DOT, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
         }
         while r < r1 {
-            int_block::<B, SEGS, 1, 1, DOT>(p, act, r, k, y, ys, &mut fbuf);
+            int_block::<B, SEGS, 1, 1, DOT, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 1;
@@ -245,7 +248,7 @@ unsafe fn zeros4<const B: u32>(z: *const u8, g: usize, end: *const u8) -> float3
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: usize, const DOT: bool>(
+unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: usize, const DOT: bool, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -336,11 +339,15 @@ unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: us
                     for k in 0..C {
                         if DOT {
                             let xhv = vld1q_s8(xh[k].add(off));
-                            let xlv = vld1q_s8(xl[k].add(off));
                             for r in 0..R {
-                                let fs = vreinterpretq_s8_u8(f[r]);
-                                ah[r][k] = sdot(ah[r][k], fs, xhv);
-                                al[r][k] = sdot(al[r][k], fs, xlv);
+                                ah[r][k] = sdot(ah[r][k], vreinterpretq_s8_u8(f[r]), xhv);
+                            }
+                            // 8-bit activations: the low plane is zero (see `act`).
+                            if !A8 {
+                                let xlv = vld1q_s8(xl[k].add(off));
+                                for r in 0..R {
+                                    al[r][k] = sdot(al[r][k], vreinterpretq_s8_u8(f[r]), xlv);
+                                }
                             }
                         } else {
                             let x0 = vld1q_s16(xq[k].add(off));
@@ -361,7 +368,13 @@ unsafe fn int_block<const B: u32, const SEGS: usize, const R: usize, const C: us
                         let si = c * SEGS + e / seg_len - 1;
                         for r in 0..R {
                             for k in 0..C {
-                                let sum = if DOT { vaddq_s32(vshlq_n_s32::<8>(ah[r][k]), al[r][k]) } else { ah[r][k] };
+                                let sum = if DOT && A8 {
+                                    vshlq_n_s32::<8>(ah[r][k])
+                                } else if DOT {
+                                    vaddq_s32(vshlq_n_s32::<8>(ah[r][k]), al[r][k])
+                                } else {
+                                    ah[r][k]
+                                };
                                 let fv = *fb.add((r * C + k) * WSEG + si);
                                 facc[r][k] = vfmaq_n_f32(facc[r][k], vcvtq_f32_s32(sum), fv);
                                 ah[r][k] = zero_i;
