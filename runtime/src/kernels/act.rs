@@ -278,20 +278,13 @@ fn quantize_one(
         }
         let amax = m16.iter().fold(0f32, |m, &v| m.max(v));
         let xqb: &mut [i16; CHUNK] = xqb.try_into().expect("whole chunk");
-        let d = if act8 {
-            // X = 256 * round(x / d8): the high byte carries the 8-bit value, the low byte is zero.
-            let (d, inv) = if amax >= TINY { (amax / XMAX8, XMAX8 / amax) } else { (0.0, 0.0) };
-            for (q, &v) in xqb.iter_mut().zip(&xb) {
-                *q = round_to_int((v * inv).clamp(-XMAX8, XMAX8)) * 256;
-            }
-            d / 256.0
-        } else {
-            let (d, inv) = if amax >= TINY { (amax / XMAX, XMAX / amax) } else { (0.0, 0.0) };
-            for (q, &v) in xqb.iter_mut().zip(&xb) {
-                *q = round_to_int(v * inv);
-            }
-            d
-        };
+        // 8 bits: X = 256 * round(x / d8), so the high byte carries the value and the low byte is zero.
+        let (xmax, unit) = if act8 { (XMAX8, 256) } else { (XMAX, 1) };
+        let (d, inv) = if amax >= TINY { (amax / xmax, xmax / amax) } else { (0.0, 0.0) };
+        for (q, &v) in xqb.iter_mut().zip(&xb) {
+            *q = round_to_int((v * inv).clamp(-xmax, xmax)) * unit;
+        }
+        let d = d / unit as f32;
         {
             let hb: &mut [i8; CHUNK] = (&mut hi[b * CHUNK..(b + 1) * CHUNK]).try_into().expect("whole chunk");
             let lb: &mut [i8; CHUNK] = (&mut lo[b * CHUNK..(b + 1) * CHUNK]).try_into().expect("whole chunk");

@@ -168,6 +168,13 @@ fn definition(k: &Kernels, w: &Weight, x: &[f32]) -> Vec<f32> {
     }
 }
 
+/// Normwise relative error `|got - want| / |want|` over the rows.
+fn normwise(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], mag: &[f32], rel: f32) {
     for (r, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
         assert!((g - w).abs() <= rel * m, "{what}: row {r}: got {g}, want {w} (|diff| {} > {rel} * {m})", (g - w).abs());
@@ -247,10 +254,7 @@ fn int16_activation_scheme_is_within_its_bound_of_the_exact_dot_product() {
             let w = q.weight();
             let x = rng.acts(cols);
             let (got, want) = (twin(&w, &x, false), exact(&w, &x));
-            // Normwise relative error over the rows.
-            let num: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-            let rel = (num / den).sqrt();
+            let rel = normwise(&got, &want);
             eprintln!("int16 activations, {format} g{group}: normwise relative error {rel:.2e}");
             assert!(rel < 1e-4, "{format} g{group}: normwise relative error {rel:e}");
             // Per row, bounded by half a rounding step per activation.
@@ -273,15 +277,12 @@ fn int8_activation_scheme_is_within_its_bound_of_the_exact_dot_product() {
             let w = q.weight();
             let x = rng.acts(cols);
             let (got, want) = (twin(&w, &x, true), exact(&w, &x));
-            let num: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-            let rel = (num / den).sqrt();
+            let rel = normwise(&got, &want);
             eprintln!("int8 activations, {format} g{group}: normwise relative error {rel:.2e}");
             assert!(rel < 3e-2, "{format} g{group}: normwise relative error {rel:e}");
             // The 16-bit scheme is much closer on the same data: the 8-bit path really is 8-bit.
-            let got16 = twin(&w, &x, false);
-            let num16: f64 = got16.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            assert!(num16 < num / 100.0, "{format} g{group}: 16-bit error not below the 8-bit one");
+            let rel16 = normwise(&twin(&w, &x, false), &want);
+            assert!(rel16 < rel / 10.0, "{format} g{group}: 16-bit error {rel16:e} not below the 8-bit {rel:e}");
             let mag = magnitude(&w, &x);
             let bound: Vec<f32> = rounding_bound(&w, &x, 127.0).iter().zip(&mag).map(|(b, m)| 1.001 * b + 1e-5 * m).collect();
             for (r, ((g, e), b)) in got.iter().zip(&want).zip(&bound).enumerate() {
@@ -303,9 +304,7 @@ fn nf_integer_scheme_is_within_its_bound_of_the_exact_dot_product() {
             let w = q.weight();
             let x = rng.acts(cols);
             let (got, want) = (twin(&w, &x, false), exact(&w, &x));
-            let num: f64 = got.iter().zip(&want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-            let rel = (num / den).sqrt();
+            let rel = normwise(&got, &want);
             eprintln!("integer NF, {format} g{group}: normwise relative error {rel:.2e}");
             assert!(rel < 3e-4, "{format} g{group}: normwise relative error {rel:e}");
             let mag = magnitude(&w, &x);
