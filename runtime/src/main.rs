@@ -84,7 +84,7 @@ struct Common {
     #[arg(long)]
     no_verify: bool,
     /// Activation precision of the quantized kernels: 16 (default; matches the trainer's f32
-    /// numbers to ~1e-4) or 8 (faster where the kernels are compute-bound, e.g. AVX2; ~4e-3 per
+    /// numbers to ~1e-4) or 8 (faster where the kernels are compute-bound, e.g. AVX2; ~1e-2 per
     /// dot product, as llama.cpp). Default: the BD_ACT_BITS environment variable, else 16.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["8", "16"]))]
     act_bits: Option<String>,

@@ -19,13 +19,17 @@
 //!   costs ~7e-5 (normwise, N(0,1) activations with 1% outliers x10; the tests check 1e-4 and
 //!   the per-row bound `sum |w| d / 2`). The scalar twin `act::int_row_twin` computes the same
 //!   integer sums; SIMD equals it up to f32 summation order.
-//! - NF formats, AVX-512, groups >= 32 (`avx512_nf.rs`, scheme in [`nf_int`]): per group of a row
-//!   a 16-bit table of its dequantized levels (scaled to +-4095), looked up with `vpermw` from the
-//!   packed code words, times the same 16-bit activations with `vpdpwssd`. The table rounding adds
-//!   ~1.5e-4 (normwise) to the activations' error; tests check SIMD against the scalar twin
-//!   `nf_int::nf_row_twin` and the twin against the exact product within the per-row bound of
-//!   both roundings. 2x the speed of the exact f32 method it replaces on Zen 4.
-//! - NF formats elsewhere (`avx512.rs` for g16, `avx2.rs`, `neon.rs`): exact f32: a group's 16
+//! - NF formats, AVX-512 and AVX2, groups >= 32 (`avx512_nf.rs`, `avx2_nf.rs`, scheme in
+//!   [`nf_int`]): per group of a row a 16-bit table of its dequantized levels (scaled to +-4095),
+//!   looked up with `vpermw` from the packed code words (AVX2: its low and high bytes with
+//!   `vpshufb`), times the same 16-bit activations with `vpdpwssd` (AVX2: `vpmaddwd`). The table
+//!   rounding adds ~1.5e-4 (normwise) to the activations' error; tests check SIMD against the
+//!   scalar twin `nf_int::nf_row_twin` and the twin against the exact product within the per-row
+//!   bound of both roundings. 2x the speed of the exact f32 method it replaces (Zen 4 AVX-512,
+//!   Zen 3 AVX2).
+//! - `--act-bits 8` ([`Kernels::with_act8`]): the same integer schemes on 8-bit activations stored
+//!   in the high byte ([`act`]); AVX2 and NEON `sdot` skip the zero low plane.
+//! - NF formats elsewhere (`avx512.rs` and `avx2.rs` for g16, `neon.rs`): exact f32: a group's 16
 //!   dequantized levels live in registers and the codes index them (`vpermps`; NEON `tbl`), FMA
 //!   with f32 inputs.
 //! - f32 / f16 / bf16 weights (`*_float.rs`): converted in registers, FMA in f32.
@@ -184,8 +188,9 @@ impl Kernels {
     pub fn detect() -> Self {
         let (k, warning) = Self::from_setting(std::env::var("BD_KERNELS").ok().as_deref());
         let (act8, warning_bits) = act8_setting(std::env::var("BD_ACT_BITS").ok().as_deref());
-        for w in [warning, warning_bits].into_iter().flatten() {
-            if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+        let warnings: Vec<String> = [warning, warning_bits].into_iter().flatten().collect();
+        if !warnings.is_empty() && !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+            for w in warnings {
                 eprintln!("bd-run: {w}");
             }
         }
@@ -229,9 +234,9 @@ impl Kernels {
     }
 
     /// The same kernels with 8-bit (`true`) or 16-bit (`false`, the default) activations for the
-    /// integer methods. 8 bits trade ~4e-3 of each dot product for speed where the kernels are
-    /// compute-bound (AVX2 skips the low byte plane); float weights and the exact NF method are
-    /// unaffected.
+    /// integer methods. 8 bits trade accuracy (~1e-2 of a dot product on inputs with outliers,
+    /// against 7e-5) for speed where the kernels are compute-bound (AVX2 and NEON `sdot` skip the
+    /// low byte plane); float weights and the exact NF method are unaffected.
     pub fn with_act8(self, act8: bool) -> Self {
         Self { act8, ..self }
     }
