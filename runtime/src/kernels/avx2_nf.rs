@@ -148,7 +148,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         }
         unroll!(j in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * j;
-            if e % G == 0 {
+            if e.is_multiple_of(G) {
                 let g = (e / G).min(l.groups - 1);
                 if g >= wg1 {
                     (wg0, wg1) = (g, (g + TW).min(l.groups));
