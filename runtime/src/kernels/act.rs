@@ -38,7 +38,7 @@ use rayon::prelude::*;
 /// Largest magnitude of a quantized activation.
 pub(crate) const XMAX: f32 = 32639.0;
 /// Largest magnitude of an 8-bit activation (before the factor 256 that puts it in the high byte).
-const XMAX8: f32 = 127.0;
+pub(crate) const XMAX8: f32 = 127.0;
 
 /// Blocks whose largest magnitude is below this quantize to zero (their contribution is far below
 /// f32 resolution of any realistic output, and `XMAX / amax` would overflow).

@@ -24,19 +24,7 @@ use std::array::from_fn;
 /// `y[k * ys + r]`. The group must be at least `nf_int::MIN_GROUP`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn nf_rows(p: &PackedMatrix, act: &ActQ, k0: usize, k1: usize, r0: usize, r1: usize, y: *mut f32, ys: usize) {
-    type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
-    let f = match (p.format().bits(), p.layout.group) {
-        (3, 32) => rows::<3, 32> as F,
-        (3, 64) => rows::<3, 64>,
-        (3, 128) => rows::<3, 128>,
-        (3, 256) => rows::<3, 256>,
-        (4, 32) => rows::<4, 32>,
-        (4, 64) => rows::<4, 64>,
-        (4, 128) => rows::<4, 128>,
-        (4, 256) => rows::<4, 256>,
-        other => unreachable!("NF format / group {other:?}"),
-    };
-    f(p, act, k0, k1, r0, r1, y, ys)
+    nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys))
 }
 
 /// Tiles as for the INT kernels: 4 rows for one input, 2 rows x 2 inputs for several.

@@ -50,6 +50,27 @@ macro_rules! unroll {
     };
 }
 
+/// The entry point of an integer NF kernel: call the instance of its generic
+/// `rows::<BITS, GROUP>` that fits the matrix (NF3 or NF4, groups of 32 to 256).
+#[cfg(target_arch = "x86_64")]
+macro_rules! nf_dispatch {
+    ($rows:ident($p:expr, $($arg:expr),*)) => {{
+        type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
+        let f = match ($p.format().bits(), $p.layout.group) {
+            (3, 32) => $rows::<3, 32> as F,
+            (3, 64) => $rows::<3, 64>,
+            (3, 128) => $rows::<3, 128>,
+            (3, 256) => $rows::<3, 256>,
+            (4, 32) => $rows::<4, 32>,
+            (4, 64) => $rows::<4, 64>,
+            (4, 128) => $rows::<4, 128>,
+            (4, 256) => $rows::<4, 256>,
+            other => unreachable!("NF format / group {other:?}"),
+        };
+        f($p, $($arg),*)
+    }};
+}
+
 mod act;
 mod nf_int;
 mod reference;
