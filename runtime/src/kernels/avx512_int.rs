@@ -94,7 +94,7 @@ unsafe fn factors<const SEGS: usize>(fb: *const f32, a: usize, b: usize, c: usiz
 /// `R` rows (an even number, at most `MAX_TILE`) from `r0`, input `k0`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize, const GF: bool>(
+pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize, const GF: bool, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -165,11 +165,18 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize,
                 let a = if split { j % 2 } else { 0 };
                 let off = cc * CHUNK + 32 * j;
                 let h = _mm512_broadcast_i64x4(_mm256_loadu_si256(xh.add(off) as *const __m256i));
-                let lo = _mm512_broadcast_i64x4(_mm256_loadu_si256(xl.add(off) as *const __m256i));
+                // 8-bit activations: the low plane is zero (act.rs), so half the `vpdpbusd` go.
+                let lo = if A8 {
+                    _mm512_setzero_si512()
+                } else {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(xl.add(off) as *const __m256i))
+                };
                 for i in 0..np {
                     let f = field::<B, GF>(&raw[i], j);
                     ah[i][a] = _mm512_dpbusd_epi32(ah[i][a], f, h);
-                    al[i][a] = _mm512_dpbusd_epi32(al[i][a], f, lo);
+                    if !A8 {
+                        al[i][a] = _mm512_dpbusd_epi32(al[i][a], f, lo);
+                    }
                 }
                 let ends = match SEGS {
                     1 => j == 3,
@@ -184,7 +191,8 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize,
                         } else {
                             (ah[i][0], al[i][0])
                         };
-                        let s = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32::<8>(h), lo));
+                        let s = _mm512_slli_epi32::<8>(h);
+                        let s = _mm512_cvtepi32_ps(if A8 { s } else { _mm512_add_epi32(s, lo) });
                         facc[i] = _mm512_fmadd_ps(s, fv, facc[i]);
                         ah[i] = [_mm512_setzero_si512(); 2];
                         al[i] = [_mm512_setzero_si512(); 2];

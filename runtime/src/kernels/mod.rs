@@ -28,7 +28,7 @@
 //!   bound of both roundings. 2x the speed of the exact f32 method it replaces (Zen 4 AVX-512,
 //!   Zen 3 AVX2).
 //! - `--act-bits 8` ([`Kernels::with_act8`]): the same integer schemes on 8-bit activations stored
-//!   in the high byte ([`act`]); AVX2 and NEON `sdot` skip the zero low plane.
+//!   in the high byte ([`act`]); AVX2, AVX-512 and NEON `sdot` skip the zero low plane.
 //! - NF formats elsewhere (`avx512.rs` and `avx2.rs` for g16, `neon.rs`): exact f32: a group's 16
 //!   dequantized levels live in registers and the codes index them (`vpermps`; NEON `tbl`), FMA
 //!   with f32 inputs.
@@ -377,7 +377,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, false),
+            Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, self.act8),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false, false, self.act8),
             #[cfg(target_arch = "aarch64")]

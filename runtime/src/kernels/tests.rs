@@ -70,8 +70,8 @@ fn simd_kernels() -> Vec<Kernels> {
     if v.iter().any(|k| k.gfni) {
         v.push(Kernels::avx512_without_gfni());
     }
-    // Every kernel also with 8-bit activations (AVX2 has its own code for them; the others run
-    // the 16-bit code on values whose low byte is zero).
+    // Every kernel also with 8-bit activations (the INT kernels of AVX2, AVX-512 and NEON sdot
+    // skip the zero low plane; the others run the 16-bit code on values whose low byte is zero).
     let act8: Vec<Kernels> = v.iter().map(|k| k.with_act8(true)).collect();
     v.extend(act8);
     v

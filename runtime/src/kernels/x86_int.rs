@@ -68,10 +68,14 @@ pub(super) unsafe fn int_rows(
     type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
     macro_rules! pick {
         ($b:literal, $s:literal) => {
-            if vnni && gfni {
-                rows_vnni_gfni::<$b, $s> as F
+            if vnni && gfni && act8 {
+                rows_vnni_gfni::<$b, $s, true> as F
+            } else if vnni && gfni {
+                rows_vnni_gfni::<$b, $s, false> as F
+            } else if vnni && act8 {
+                rows_vnni::<$b, $s, true> as F
             } else if vnni {
-                rows_vnni::<$b, $s> as F
+                rows_vnni::<$b, $s, false> as F
             } else if act8 {
                 rows_avx2::<$b, $s, true> as F
             } else {
@@ -114,7 +118,7 @@ unsafe fn rows_avx2<const B: u32, const SEGS: usize, const A8: bool>(
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
+unsafe fn rows_vnni<const B: u32, const SEGS: usize, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -124,12 +128,12 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true, false, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, false, A8>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize>(
+unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -139,7 +143,7 @@ unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true, true, false>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, true, A8>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 /// Tiles (measured on Zen 4, AVX2 on Zen 3): one input, 8 rows (AVX-512: 32 registers) or 2-3 (AVX2), so each
@@ -184,11 +188,11 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
         let mut r = r0;
         if VNNI {
             while r + 8 <= r1 {
-                avx512_int::pair_block::<B, SEGS, 8, GF>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 8, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
                 r += 8;
             }
             while r + 2 <= r1 {
-                avx512_int::pair_block::<B, SEGS, 2, GF>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 2, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
                 r += 2;
             }
         }
