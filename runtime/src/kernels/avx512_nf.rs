@@ -75,11 +75,12 @@ unsafe fn rows<const B: u32, const G: usize>(
     }
 }
 
-/// The tables of group `g` of up to 4 rows (`sc[r]`: row `r`'s `[pos, neg]` f16 scales) as 16
-/// words each, and the rows' factors `m / TMAX` in lanes `2r`: the arithmetic of
+/// The tables of group `g` of up to 4 rows (`sc[r]`: row `r`'s `[pos, neg]` f16 scales), each as
+/// 32 words (the format's levels repeated, so the index bits above a code are ignored by both
+/// 256- and 512-bit `vpermw`), and the rows' factors `m / TMAX` in lanes `2r`: the arithmetic of
 /// `nf_int::group_factors` and `nf_int::table_entry`, for all rows at once (one division).
 #[inline(always)]
-unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; R], g: usize, tab: &mut [__m256i; R]) -> __m256 {
+unsafe fn tables<const B: u32, const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; R], g: usize, tab: &mut [__m512i; R]) -> __m256 {
     let pn: [i32; 4] = from_fn(|r| if r < R { (sc[r].add(4 * g) as *const i32).read_unaligned() } else { 0 });
     // [pos0, neg0, pos1, neg1, ...]
     let s = _mm256_cvtph_ps(_mm_loadu_si128(pn.as_ptr() as *const __m128i));
@@ -88,16 +89,38 @@ unsafe fn tables<const R: usize>(levels: __m512, sel: __m512i, sc: &[*const u8; 
     let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
     let inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(TMAX), m), pos);
     let sinv = _mm512_castps256_ps512(_mm256_mul_ps(s, inv));
-    for r in 0..R {
-        let side = _mm512_permutexvar_ps(_mm512_add_epi32(sel, _mm512_set1_epi32(2 * r as i32)), sinv);
-        // fma(L, s inv, 1.5 * 2^23) rounds the exact product to an integer (half to even: the
-        // constant is even and its unit in the last place is 1 over the whole range) and leaves
-        // it in the low bits, which the truncating narrowing keeps: one operation for a
-        // multiply and a conversion.
-        let t = _mm512_fmadd_ps(levels, side, _mm512_set1_ps(12582912.0));
-        tab[r] = _mm512_cvtepi32_epi16(_mm512_castps_si512(t));
+    // fma(L, s inv, 1.5 * 2^23) rounds the exact product to an integer (half to even: the
+    // constant is even and its unit in the last place is 1 over the whole range) and leaves it in
+    // the low 16 bits of its lane, which a word permute then picks: one operation each for the
+    // multiply and conversion, and for the narrowing and repetition.
+    let magic = _mm512_set1_ps(12582912.0);
+    if B == 3 {
+        // NF3 has 8 levels (`levels` holds them twice), so one FMA serves two rows: row 2i in
+        // lanes 0-7, row 2i + 1 in lanes 8-15.
+        let hi = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        for i in 0..R.div_ceil(2) {
+            let side = _mm512_permutexvar_ps(_mm512_add_epi32(_mm512_add_epi32(sel, hi), _mm512_set1_epi32(4 * i as i32)), sinv);
+            let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
+            tab[2 * i] = _mm512_permutexvar_epi16(expand(0, 8), t);
+            if 2 * i + 1 < R {
+                tab[2 * i + 1] = _mm512_permutexvar_epi16(expand(8, 8), t);
+            }
+        }
+    } else {
+        for r in 0..R {
+            let side = _mm512_permutexvar_ps(_mm512_add_epi32(sel, _mm512_set1_epi32(2 * r as i32)), sinv);
+            let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
+            tab[r] = _mm512_permutexvar_epi16(expand(0, 16), t);
+        }
     }
     _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / TMAX)), pos)
+}
+
+/// The word permute that repeats the low words of dword lanes `base..base + n` over 32 words.
+#[inline(always)]
+unsafe fn expand(base: usize, n: usize) -> __m512i {
+    let idx: [i16; 32] = from_fn(|j| (2 * (base + j % n)) as i16);
+    _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
 }
 
 /// Groups per table window.
@@ -108,7 +131,7 @@ const TW: usize = 16;
 /// operations (division, conversions, permutes) stalled the lookups waiting for it: half of the
 /// kernel's time at NF3 g128. Built together, the groups' chains overlap.
 struct TableWindow<const R: usize> {
-    tab: [[__m256i; R]; TW],
+    tab: [[__m512i; R]; TW],
     fac: [__m256; TW],
     g0: usize,
     g1: usize,
@@ -117,23 +140,23 @@ struct TableWindow<const R: usize> {
 impl<const R: usize> TableWindow<R> {
     #[inline(always)]
     unsafe fn new() -> Self {
-        Self { tab: [[_mm256_setzero_si256(); R]; TW], fac: [_mm256_setzero_ps(); TW], g0: 0, g1: 0 }
+        Self { tab: [[_mm512_setzero_si512(); R]; TW], fac: [_mm256_setzero_ps(); TW], g0: 0, g1: 0 }
     }
 
     /// The tables and factors of group `g` (groups are asked for in increasing order).
     #[inline(always)]
-    unsafe fn get(
+    unsafe fn get<const B: u32>(
         &mut self,
         levels: __m512,
         sel: __m512i,
         sc: &[*const u8; R],
         g: usize,
         groups: usize,
-    ) -> (&[__m256i; R], __m256) {
+    ) -> (&[__m512i; R], __m256) {
         if g >= self.g1 {
             (self.g0, self.g1) = (g, (g + TW).min(groups));
             for i in 0..self.g1 - g {
-                self.fac[i] = tables::<R>(levels, sel, sc, g + i, &mut self.tab[i]);
+                self.fac[i] = tables::<B, R>(levels, sel, sc, g + i, &mut self.tab[i]);
             }
         }
         (&self.tab[g - self.g0], self.fac[g - self.g0])
@@ -275,11 +298,8 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                let (t16, f) = win.get(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
-                fac = f;
-                for r in 0..R {
-                    tab[r] = _mm512_broadcast_i64x4(t16[r]);
-                }
+                let (tw, f) = win.get::<B>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
+                (tab, fac) = (*tw, f);
             }
             let mut idx = [[_mm512_setzero_si512(); 2]; R];
             for r in 0..R {
@@ -372,8 +392,11 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(t in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * t;
             if e.is_multiple_of(G) {
-                let (tw, f) = win.get(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
-                (tab, fac) = (*tw, f);
+                let (tw, f) = win.get::<B>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups);
+                for r in 0..R {
+                    tab[r] = _mm512_castsi512_si256(tw[r]);
+                }
+                fac = f;
             }
             let mut cw = [_mm256_setzero_si256(); R];
             for r in 0..R {

@@ -72,6 +72,7 @@ macro_rules! nf_dispatch {
 }
 
 mod act;
+mod aligned;
 mod nf_int;
 mod reference;
 #[cfg(test)]
