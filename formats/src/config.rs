@@ -78,10 +78,10 @@ impl ModelConfig {
         if self.num_layers > 4096 {
             return Err(format!("num_layers = {} is out of range (1..=4096)", self.num_layers));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!("num_heads {} is not a multiple of num_kv_heads {}", self.num_heads, self.num_kv_heads));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for rotary embeddings", self.head_dim));
         }
         if self.num_heads.saturating_mul(self.head_dim) > MAX_DIM {

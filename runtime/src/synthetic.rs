@@ -110,7 +110,7 @@ fn random_tensor(d: &TensorDecl, rng: &mut Rng) -> Result<Vec<u8>, bd_formats::b
     };
     match d.dtype {
         DType::F16 => Ok((0..n).flat_map(|_| f16::from_f32(value(rng)).to_le_bytes()).collect()),
-        DType::Quant(format) if d.shape[1] % CHUNK == 0 => {
+        DType::Quant(format) if d.shape[1].is_multiple_of(CHUNK) => {
             let (rows, cols) = (d.shape[0], d.shape[1]);
             let group = d.group_size.unwrap_or(0);
             let l = PackedLayout::new(format, group, rows, cols)

@@ -148,7 +148,7 @@ impl Bd2File {
         header.config.validate().map_err(Bd2Error::BadConfig)?;
 
         let check_blob = |what: &str, offset: u64, len: u64| -> Result<(usize, usize), Bd2Error> {
-            if offset % ALIGN as u64 != 0 {
+            if !offset.is_multiple_of(ALIGN as u64) {
                 return Err(Bd2Error::Misaligned { what: what.into(), offset });
             }
             match offset.checked_add(len) {
