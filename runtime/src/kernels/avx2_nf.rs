@@ -14,7 +14,7 @@
 
 use super::act::{segs_per_chunk, ActQ};
 use super::nf_int::{group_factors, levels16};
-use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch};
+use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -114,9 +114,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let lv = levels16(l.format);
     let levels = [_mm256_loadu_ps(lv.as_ptr()), _mm256_loadu_ps(lv.as_ptr().add(8))];
     let neg = levels.map(|v| _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps()));
-    for r in 0..R {
-        prefetch(scales[r].wrapping_add(PF_ROWS * l.row_scale_bytes));
-    }
+    prefetch_range(scales[0].wrapping_add(PF_ROWS * l.row_scale_bytes), R * l.row_scale_bytes);
 
     let mut facc = [[_mm256_setzero_ps(); C]; R];
     let mut acc = [[_mm256_setzero_si256(); C]; R];

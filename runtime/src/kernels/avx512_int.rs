@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::ActQ;
-use super::x86_int::{chunk_bytes, hsum, load_raw, prefetch, MAX_TILE, WCH, WSEG};
+use super::x86_int::{chunk_bytes, hsum, load_raw, prefetch, prefetch_range, MAX_TILE, WCH, WSEG};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -196,10 +196,8 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize,
             facc[i] = _mm512_sub_ps(facc[i], _mm512_castpd_ps(c));
         }
         if w0 == 0 {
-            for r in 0..R {
-                prefetch(scales[r].wrapping_add(R * l.row_scale_bytes / 2) as *const u8);
-                prefetch(zeros[r].wrapping_add(R * l.row_zero_bytes));
-            }
+            prefetch_range((scales[0] as *const u8).wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
+            prefetch_range(zeros[0].wrapping_add(R * l.row_zero_bytes), R * l.row_zero_bytes);
         }
         for c in 0..wn {
             let cc = w0 + c;

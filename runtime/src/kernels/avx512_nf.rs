@@ -15,7 +15,7 @@
 
 use super::act::{segs_per_chunk, ActQ};
 use super::nf_int::{levels16, pair_offset, TMAX};
-use super::x86_int::prefetch;
+use super::x86_int::{prefetch, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -279,9 +279,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
     let lv = levels16(l.format);
     let levels = _mm512_loadu_ps(lv.as_ptr());
     let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
-    for r in 0..R {
-        prefetch(scales[r].wrapping_add(R * l.row_scale_bytes));
-    }
+    prefetch_range(scales[0].wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
 
     let mut facc = [[_mm512_setzero_ps(); C]; R];
     let mut acc = [[_mm512_setzero_si512(); C]; R];
@@ -366,9 +364,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let lv = levels16(l.format);
     let levels = _mm512_loadu_ps(lv.as_ptr());
     let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
-    for r in 0..R {
-        prefetch(scales[r].wrapping_add(R * l.row_scale_bytes));
-    }
+    prefetch_range(scales[0].wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
 
     let mut facc = [[_mm256_setzero_ps(); C]; R];
     let mut acc = [[_mm256_setzero_si256(); C]; R];

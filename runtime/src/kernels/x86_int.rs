@@ -342,6 +342,19 @@ pub(super) unsafe fn prefetch(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T2>(p as *const i8);
 }
 
+/// Ask for every cache line of `bytes` bytes from `p` into L2: the group parameters of the next
+/// block of rows, which are contiguous over its rows (one line per row left most of them to
+/// demand misses once a row's parameters spanned several lines: 11008 columns, or NF's two scales
+/// per group).
+#[inline(always)]
+pub(super) unsafe fn prefetch_range(p: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        prefetch(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
 #[inline(always)]
 pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -444,10 +457,8 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
         }
         // The next rows' group parameters (one block ahead of the codes below).
         if w0 == 0 {
-            for r in 0..R {
-                prefetch(scales[r].wrapping_add(R * l.row_scale_bytes / 2) as *const u8);
-                prefetch(zeros[r].wrapping_add(R * l.row_zero_bytes));
-            }
+            prefetch_range((scales[0] as *const u8).wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
+            prefetch_range(zeros[0].wrapping_add(R * l.row_zero_bytes), R * l.row_zero_bytes);
         }
         for c in 0..wn {
             let cc = w0 + c;
