@@ -41,10 +41,8 @@ impl<T: Zeroable> AlignedBuf<T> {
             self.lines.resize(lines, Line([0; 64]));
         }
         if len > self.len {
-            let old = self.len;
-            self.len = len;
             // SAFETY: zero bytes are a valid T, and the lines hold `len` elements.
-            unsafe { std::ptr::write_bytes(self.as_mut_ptr().add(old), 0, len - old) };
+            unsafe { std::ptr::write_bytes((self.lines.as_mut_ptr() as *mut T).add(self.len), 0, len - self.len) };
         }
         self.len = len;
     }
