@@ -304,6 +304,8 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
                 "int2_g128_a8",
                 "int3_g128_a8",
                 "int4_g128_a8",
+                "nf3_g128_a8",
+                "nf4_g128_a8",
                 "ggml_q2_K",
             ] {
                 if let Some(r) = find(k, shape, t, "dram") {

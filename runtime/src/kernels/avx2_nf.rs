@@ -22,8 +22,18 @@ use std::array::from_fn;
 /// Rows `r0..r1`, inputs `k0..k1` of `act` (which must carry the activations in
 /// `nf_int::unpack_order`): `y[k * ys + r]`. The group must be at least `nf_int::MIN_GROUP`.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn nf_rows(p: &PackedMatrix, act: &ActQ, k0: usize, k1: usize, r0: usize, r1: usize, y: *mut f32, ys: usize) {
-    nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys))
+pub(super) unsafe fn nf_rows(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+    tmax: f32,
+) {
+    nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys, tmax))
 }
 
 /// Tiles: 1 row for one input (measured on Zen 3: 2 rows, each with its two table registers,
@@ -39,30 +49,31 @@ unsafe fn rows<const B: u32, const G: usize>(
     r1: usize,
     y: *mut f32,
     ys: usize,
+    tmax: f32,
 ) {
     let mut k = k0;
     while k + 2 <= k1 {
         for r in r0..r1 {
-            block::<B, G, 1, 2>(p, act, r, k, y, ys);
+            block::<B, G, 1, 2>(p, act, r, k, y, ys, tmax);
         }
         k += 2;
     }
     if k < k1 {
         for r in r0..r1 {
-            block::<B, G, 1, 1>(p, act, r, k, y, ys);
+            block::<B, G, 1, 1>(p, act, r, k, y, ys, tmax);
         }
     }
 }
 
 /// Group `g`'s table for one row (`sc`: the row's `[pos, neg]` f16 scales): the low bytes and
-/// the high bytes of its entries, each repeated in both 128-bit halves, and the factor `m / TMAX`.
+/// the high bytes of its entries, each repeated in both 128-bit halves, and the factor `m / tmax`.
 /// The arithmetic of `nf_int::group_factors` and `nf_int::table_entry`.
 #[inline(always)]
-unsafe fn table<const B: u32>(levels: &[__m256; 2], neg: &[__m256; 2], sc: *const u8, g: usize) -> ([__m256i; 2], f32) {
+unsafe fn table<const B: u32>(levels: &[__m256; 2], neg: &[__m256; 2], sc: *const u8, g: usize, tmax: f32) -> ([__m256i; 2], f32) {
     let pn = (sc.add(4 * g) as *const i32).read_unaligned();
     let s = _mm_cvtph_ps(_mm_cvtsi32_si128(pn));
     let (pos, ng) = (_mm_cvtss_f32(s), _mm_cvtss_f32(_mm_movehdup_ps(s)));
-    let (inv, fac) = group_factors(pos, ng);
+    let (inv, fac) = group_factors(pos, ng, tmax);
     let (sp, sn) = (_mm256_set1_ps(pos * inv), _mm256_set1_ps(ng * inv));
     let entries = |h: usize| {
         let side = _mm256_blendv_ps(sp, sn, neg[h]);
@@ -101,6 +112,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     k0: usize,
     y: *mut f32,
     ys: usize,
+    tmax: f32,
 ) {
     let l = &p.layout;
     let nch = l.padded_cols() / CHUNK;
@@ -140,7 +152,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                     (wg0, wg1) = (g, (g + TW).min(l.groups));
                     for i in 0..wg1 - g {
                         for r in 0..R {
-                            (wtab[i][r], wfac[i][r]) = table::<B>(&levels, &neg, scales[r], g + i);
+                            (wtab[i][r], wfac[i][r]) = table::<B>(&levels, &neg, scales[r], g + i, tmax);
                         }
                     }
                 }

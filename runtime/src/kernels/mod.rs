@@ -55,7 +55,7 @@ macro_rules! unroll {
 #[cfg(target_arch = "x86_64")]
 macro_rules! nf_dispatch {
     ($rows:ident($p:expr, $($arg:expr),*)) => {{
-        type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
+        type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize, f32);
         let f = match ($p.format().bits(), $p.layout.group) {
             (3, 32) => $rows::<3, 32> as F,
             (3, 64) => $rows::<3, 64>,
@@ -195,6 +195,8 @@ pub struct Kernels {
     dotprod: bool,
     /// AVX-512 only: unpack 2-bit fields with GFNI affine transforms (`gf2p8affineqb`).
     gfni: bool,
+    /// AVX-512 only: byte permutes (`vpermb`, AVX512-VBMI) for the NF byte kernel with `act8`.
+    vbmi: bool,
     /// Quantize activations of the integer kernels to 8 bits instead of 16 (`act.rs`).
     act8: bool,
 }
@@ -242,7 +244,13 @@ impl Kernels {
     /// Kernels of one ISA. Panics if this CPU does not support it (see [`Kernels::available`]).
     pub fn with_isa(isa: Isa) -> Self {
         assert!(isa.supported(), "the {} kernels are not supported by this CPU", isa.name());
-        Self { isa, dotprod: isa == Isa::Neon && dotprod_supported(), gfni: isa == Isa::Avx512 && gfni_supported(), act8: false }
+        Self {
+            isa,
+            dotprod: isa == Isa::Neon && dotprod_supported(),
+            gfni: isa == Isa::Avx512 && gfni_supported(),
+            vbmi: isa == Isa::Avx512 && vbmi_supported(),
+            act8: false,
+        }
     }
 
     /// NEON kernels without the dot-product extension (tests the fallback on dotprod machines).
@@ -267,10 +275,11 @@ impl Kernels {
         self.act8
     }
 
-    /// AVX-512 kernels without GFNI (tests the variant that AVX-512 VNNI CPUs without GFNI run).
+    /// AVX-512 kernels without GFNI and VBMI (tests the variants that AVX-512 VNNI CPUs without
+    /// them, such as Cascade Lake, run).
     #[doc(hidden)]
     pub fn avx512_without_gfni() -> Self {
-        Self { gfni: false, ..Self::with_isa(Isa::Avx512) }
+        Self { gfni: false, vbmi: false, ..Self::with_isa(Isa::Avx512) }
     }
 
     /// A short description for logs, e.g. `avx512+gfni`, `neon+dotprod` or `avx2+act8`.
@@ -281,6 +290,9 @@ impl Kernels {
         }
         if self.gfni {
             d += "+gfni";
+        }
+        if self.vbmi {
+            d += "+vbmi";
         }
         if self.act8 {
             d += "+act8";
@@ -355,6 +367,8 @@ impl Kernels {
             _ if !self.nf_integer(p) => None,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(nf_int::unpack_order),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if !avx512_nf::uses_pair_order(p, self.act8, self.vbmi) => None,
             _ => Some(nf_int::pair_order),
         }
     }
@@ -374,9 +388,9 @@ impl Kernels {
     ) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
+            Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, self.act8, self.vbmi),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys),
+            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, nf_int::tmax(self.act8)),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, self.act8),
             #[cfg(target_arch = "x86_64")]
@@ -387,7 +401,7 @@ impl Kernels {
                 for k in k0..k1 {
                     for r in r0..r1 {
                         *out.0.add(k * ys + r) =
-                            if p.format().is_nf() { nf_int::nf_row_twin(p, r, act, k) } else { act::int_row_twin(p, r, act, k) };
+                            if p.format().is_nf() { nf_int::nf_row_twin(p, r, act, k, nf_int::tmax(self.act8)) } else { act::int_row_twin(p, r, act, k) };
                     }
                 }
             }
@@ -423,7 +437,7 @@ impl Kernels {
         let mut buf = ActBuf::new(w.cols, 1);
         let act = buf.quantize(x, 1, w.cols, p.layout.group, None, act8);
         for (r, yr) in y.iter_mut().enumerate() {
-            *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0) } else { act::int_row_twin(&p, r, &act, 0) };
+            *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0, nf_int::tmax(act8)) } else { act::int_row_twin(&p, r, &act, 0) };
         }
     }
 }
@@ -442,6 +456,17 @@ fn gfni_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("gfni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn vbmi_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vbmi")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -29,6 +29,17 @@ use bd_formats::quant::{GroupParams, PackedMatrix, QuantFormat, CHUNK};
 
 /// Largest table magnitude.
 pub(crate) const TMAX: f32 = 4095.0;
+/// Largest table magnitude with 8-bit activations (`act8`): tables of signed bytes.
+pub(crate) const TMAX8: f32 = 127.0;
+
+/// The table magnitude of the scheme with 8-bit (`act8`) or 16-bit activations.
+pub(crate) fn tmax(act8: bool) -> f32 {
+    if act8 {
+        TMAX8
+    } else {
+        TMAX
+    }
+}
 
 /// The smallest group the integer NF kernels take: a lookup register covers the even or the odd
 /// elements of 32 consecutive weights, which must share one table.
@@ -41,12 +52,12 @@ pub(crate) fn levels16(format: QuantFormat) -> [f32; 16] {
     std::array::from_fn(|i| l[i % l.len()])
 }
 
-/// `inv = TMAX / m` and the segment factor `m / TMAX` of a group's scales (both 0 when `m` is 0).
+/// `inv = tmax / m` and the segment factor `m / tmax` of a group's scales (both 0 when `m` is 0).
 #[inline(always)]
-pub(crate) fn group_factors(pos: f32, neg: f32) -> (f32, f32) {
+pub(crate) fn group_factors(pos: f32, neg: f32, tmax: f32) -> (f32, f32) {
     let m = pos.abs().max(neg.abs());
     if m > 0.0 {
-        (TMAX / m, m * (1.0 / TMAX))
+        (tmax / m, m * (1.0 / tmax))
     } else {
         (0.0, 0.0)
     }
@@ -99,9 +110,9 @@ pub(crate) fn pair_offset(t: usize, odd: usize) -> usize {
     64 * (t / 2) + 32 * odd + 16 * (t % 2)
 }
 
-/// The scalar twin of the integer NF kernels: the same tables and integer sums, combined in row
-/// order.
-pub(crate) fn nf_row_twin(p: &PackedMatrix, r: usize, act: &ActQ, k: usize) -> f32 {
+/// The scalar twin of the integer NF kernels: the same tables (of magnitude `tmax`) and integer
+/// sums, combined in row order.
+pub(crate) fn nf_row_twin(p: &PackedMatrix, r: usize, act: &ActQ, k: usize, tmax: f32) -> f32 {
     let l = p.layout;
     let levels = levels16(l.format);
     let spc = segs_per_chunk(l.group);
@@ -118,7 +129,7 @@ pub(crate) fn nf_row_twin(p: &PackedMatrix, r: usize, act: &ActQ, k: usize) -> f
             let g = ((c * CHUNK + e0) / l.group).min(l.groups - 1);
             let GroupParams::Nf { pos, neg } = p.params(r, g) else { unreachable!("NF format") };
             let (pos, neg) = (pos.to_f32(), neg.to_f32());
-            let (inv, fac) = group_factors(pos, neg);
+            let (inv, fac) = group_factors(pos, neg, tmax);
             let t: [i32; 16] = std::array::from_fn(|i| table_entry(levels[i], if levels[i] < 0.0 { neg } else { pos }, inv));
             let sum: i64 = (e0..e0 + seg_len).map(|i| t[q[i] as usize] as i64 * xq[c * CHUNK + i] as i64).sum();
             y += fac * dseg[c * spc + s] * sum as f32;
