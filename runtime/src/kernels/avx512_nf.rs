@@ -211,6 +211,22 @@ impl<const R: usize> TableWindow<R> {
         }
         (&self.tab[g - self.g0], self.fac[g - self.g0])
     }
+
+    /// Make sure group `g`'s tables are in the window (as `get`) and return its index there.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn fill<const B: u32, const BYTES: bool>(
+        &mut self,
+        levels: __m512,
+        sel: __m512i,
+        sc: &[*const u8; R],
+        g: usize,
+        groups: usize,
+        tmax: f32,
+    ) -> usize {
+        self.get::<B, BYTES>(levels, sel, sc, g, groups, tmax);
+        g - self.g0
+    }
 }
 
 /// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: bit 3 and the
@@ -568,8 +584,10 @@ unsafe fn block_b<const B: u32, const G: usize, const R: usize, const C: usize>(
     let mut facc = [[_mm512_setzero_ps(); C]; R];
     let mut acc = [[_mm512_setzero_si512(); C]; R];
     let mut tab = [_mm512_setzero_si512(); R];
-    let mut fac = _mm256_setzero_ps();
     let mut win = TableWindow::<R>::new();
+    // The current group's factors (lanes 2r of its window entry), read from memory by the
+    // epilogue: a broadcast load there instead of a permute on the busy shuffle pipes.
+    let mut facp: *const f32 = std::ptr::null();
     for cc in 0..nch {
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
@@ -582,8 +600,9 @@ unsafe fn block_b<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                let (tw, f) = win.get::<B, true>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, TMAX8);
-                (tab, fac) = (*tw, f);
+                let gi = win.fill::<B, true>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, TMAX8);
+                tab = win.tab[gi];
+                facp = &win.fac[gi] as *const __m256 as *const f32;
             }
             if (64 * h).is_multiple_of(seg_len(G)) {
                 // A segment starts: its sums start from -128 * sum h over the segment.
@@ -608,10 +627,9 @@ unsafe fn block_b<const B: u32, const G: usize, const R: usize, const C: usize>(
             if (64 * h + 64).is_multiple_of(seg_len(G)) {
                 for k in 0..C {
                     // X = 256 h (act.rs): the factor 256 goes with the block scale.
-                    let d = *dseg[k].add(cc * spc + h * (spc - 1)) * 256.0;
-                    let fd = _mm512_castps256_ps512(_mm256_mul_ps(fac, _mm256_set1_ps(d)));
+                    let d = _mm512_set1_ps(*dseg[k].add(cc * spc + h * (spc - 1)) * 256.0);
                     for r in 0..R {
-                        let f = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r as i32), fd);
+                        let f = _mm512_mul_ps(_mm512_set1_ps(*facp.add(2 * r)), d);
                         facc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
                     }
                 }
