@@ -351,8 +351,9 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
     let mut facc = [[_mm512_setzero_ps(); C]; R];
     let mut acc = [[_mm512_setzero_si512(); C]; R];
     let mut tab = [_mm512_setzero_si512(); R];
-    let mut fac = _mm256_setzero_ps();
     let mut win = TableWindow::<R>::new();
+    // The current group's factors, broadcast from memory by the epilogue (see `block_b`).
+    let mut facp: *const f32 = std::ptr::null();
     for cc in 0..nch {
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
@@ -363,8 +364,9 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                let (tw, f) = win.get::<B, false>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
-                (tab, fac) = (*tw, f);
+                let gi = win.fill::<B, false>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
+                tab = win.tab[gi];
+                facp = &win.fac[gi] as *const __m256 as *const f32;
             }
             let mut idx = [[_mm512_setzero_si512(); 2]; R];
             for r in 0..R {
@@ -385,9 +387,9 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             // A segment ends with its group or its chunk.
             if (64 * h + 64).is_multiple_of(G.min(CHUNK)) {
                 for k in 0..C {
-                    let fd = _mm512_castps256_ps512(_mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc))));
+                    let d = _mm512_set1_ps(*dseg[k].add(cc * spc));
                     for r in 0..R {
-                        let f = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r as i32), fd);
+                        let f = _mm512_mul_ps(_mm512_set1_ps(*facp.add(2 * r)), d);
                         facc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
                         acc[r][k] = _mm512_setzero_si512();
                     }
@@ -505,6 +507,8 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
 /// unpacked once per 64 weights instead of once per 32. `vpdpbusd` multiplies unsigned bytes by
 /// signed ones, so the tables hold each entry plus 128, and each segment's sums start from
 /// `-128 * sum h` (per input, shared by the rows): the integer sums stay exact, equal to the twin's.
+/// That correction is computed per lane (each lane's own bytes): a single total in one lane would
+/// cancel the other lanes' sums only in f32, leaving a residue where the row's tables are ~0.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_b<const B: u32, const G: usize>(
@@ -629,8 +633,11 @@ unsafe fn block_b<const B: u32, const G: usize, const R: usize, const C: usize>(
                     // X = 256 h (act.rs): the factor 256 goes with the block scale.
                     let d = _mm512_set1_ps(*dseg[k].add(cc * spc + h * (spc - 1)) * 256.0);
                     for r in 0..R {
-                        let f = _mm512_mul_ps(_mm512_set1_ps(*facp.add(2 * r)), d);
-                        facc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
+                        // (S * fac) * d, not S * (fac * d): LLVM computes a product of two
+                        // scalars in a scalar register and broadcasts it with a shuffle, while
+                        // this multiply takes the factor as a broadcast memory operand.
+                        let sf = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][k]), _mm512_set1_ps(*facp.add(2 * r)));
+                        facc[r][k] = _mm512_fmadd_ps(sf, d, facc[r][k]);
                     }
                 }
             }
