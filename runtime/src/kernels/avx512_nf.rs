@@ -14,6 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
+use super::avx512_nf8::rows as nf8_rows;
 use super::nf_int::{levels16, pair_offset, tmax, TMAX8};
 use super::x86_int::{prefetch, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
@@ -22,8 +23,8 @@ use std::array::from_fn;
 
 /// Rows `r0..r1`, inputs `k0..k1` of `act`: `y[k * ys + r]`. The group must be at least
 /// `nf_int::MIN_GROUP`. `act8`: the activations are 8-bit and the tables take `nf_int::TMAX8`;
-/// with `vbmi` and groups of 64 and more that is the byte kernel (`rows_b`, natural activation
-/// order), otherwise the word kernel (`act` must carry the pair-ordered activations,
+/// with `vbmi` and groups of 64 and more that is the byte kernel (`avx512_nf8.rs`, natural
+/// activation order), otherwise the word kernel (`act` must carry the pair-ordered activations,
 /// [`uses_pair_order`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn nf_rows(
@@ -39,7 +40,7 @@ pub(super) unsafe fn nf_rows(
     vbmi: bool,
 ) {
     if !uses_pair_order(p, act8, vbmi) {
-        nf_dispatch!(rows_b(p, act, k0, k1, r0, r1, y, ys, TMAX8))
+        nf_dispatch!(nf8_rows(p, act, k0, k1, r0, r1, y, ys, TMAX8))
     } else {
         nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys, tmax(act8)))
     }
@@ -101,12 +102,11 @@ unsafe fn rows<const B: u32, const G: usize>(
 
 /// The tables of group `g` of up to 4 rows (`sc[r]`: row `r`'s `[pos, neg]` f16 scales), and
 /// the rows' factors `m / tmax` in lanes `2r`: the arithmetic of `nf_int::group_factors` and
-/// `nf_int::table_entry`, for all rows at once (one division). Word tables (`BYTES` false): 32
-/// words, the format's levels repeated, so the index bits above a code are ignored by both 256-
-/// and 512-bit `vpermw`. Byte tables (`BYTES`, magnitude `TMAX8`): 64 bytes, each entry plus 128
-/// (unsigned, for `vpdpbusd`), the levels repeated for `vpermb`'s 6 index bits.
+/// `nf_int::table_entry`, for all rows at once (one division). Each table is 32 words, the
+/// format's levels repeated, so the index bits above a code are ignored by both 256- and 512-bit
+/// `vpermw`.
 #[inline(always)]
-unsafe fn tables<const B: u32, const R: usize, const BYTES: bool>(
+unsafe fn tables<const B: u32, const R: usize>(
     levels: __m512,
     sel: __m512i,
     sc: &[*const u8; R],
@@ -125,16 +125,9 @@ unsafe fn tables<const B: u32, const R: usize, const BYTES: bool>(
     // fma(L, s inv, 1.5 * 2^23) rounds the exact product to an integer (half to even: the
     // constant is even and its unit in the last place is 1 over the whole range) and leaves it in
     // the low 16 bits of its lane, which a word permute then picks: one operation each for the
-    // multiply and conversion, and for the narrowing and repetition. Byte tables add 128 to the
-    // constant (still even), which puts the entry plus 128 in the lane's low byte.
-    let magic = _mm512_set1_ps(if BYTES { 12582912.0 + 128.0 } else { 12582912.0 });
-    let spread = |t: __m512i, base: usize, n: usize| {
-        if BYTES {
-            _mm512_permutexvar_epi8(expand_b(base, n), t)
-        } else {
-            _mm512_permutexvar_epi16(expand(base, n), t)
-        }
-    };
+    // multiply and conversion, and for the narrowing and repetition.
+    let magic = _mm512_set1_ps(12582912.0);
+    let spread = |t: __m512i, base: usize, n: usize| _mm512_permutexvar_epi16(expand(base, n), t);
     if B == 3 {
         // NF3 has 8 levels (`levels` holds them twice), so one FMA serves two rows: row 2i in
         // lanes 0-7, row 2i + 1 in lanes 8-15.
@@ -155,13 +148,6 @@ unsafe fn tables<const B: u32, const R: usize, const BYTES: bool>(
         }
     }
     _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / tmax)), pos)
-}
-
-/// The byte permute that repeats the low bytes of dword lanes `base..base + n` over 64 bytes.
-#[inline(always)]
-unsafe fn expand_b(base: usize, n: usize) -> __m512i {
-    let idx: [i8; 64] = from_fn(|j| (4 * (base + j % n)) as i8);
-    _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
 }
 
 /// The word permute that repeats the low words of dword lanes `base..base + n` over 32 words.
@@ -194,7 +180,7 @@ impl<const R: usize> TableWindow<R> {
     /// The tables and factors of group `g` (groups are asked for in increasing order).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn get<const B: u32, const BYTES: bool>(
+    unsafe fn get<const B: u32>(
         &mut self,
         levels: __m512,
         sel: __m512i,
@@ -206,7 +192,7 @@ impl<const R: usize> TableWindow<R> {
         if g >= self.g1 {
             (self.g0, self.g1) = (g, (g + TW).min(groups));
             for i in 0..self.g1 - g {
-                self.fac[i] = tables::<B, R, BYTES>(levels, sel, sc, g + i, &mut self.tab[i], tmax);
+                self.fac[i] = tables::<B, R>(levels, sel, sc, g + i, &mut self.tab[i], tmax);
             }
         }
         (&self.tab[g - self.g0], self.fac[g - self.g0])
@@ -215,7 +201,7 @@ impl<const R: usize> TableWindow<R> {
     /// Make sure group `g`'s tables are in the window (as `get`) and return its index there.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn fill<const B: u32, const BYTES: bool>(
+    unsafe fn fill<const B: u32>(
         &mut self,
         levels: __m512,
         sel: __m512i,
@@ -224,7 +210,7 @@ impl<const R: usize> TableWindow<R> {
         groups: usize,
         tmax: f32,
     ) -> usize {
-        self.get::<B, BYTES>(levels, sel, sc, g, groups, tmax);
+        self.get::<B>(levels, sel, sc, g, groups, tmax);
         g - self.g0
     }
 }
@@ -364,7 +350,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                let gi = win.fill::<B, false>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
+                let gi = win.fill::<B>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
                 tab = win.tab[gi];
                 facp = &win.fac[gi] as *const __m256 as *const f32;
             }
@@ -458,7 +444,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(t in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * t;
             if e.is_multiple_of(G) {
-                let (tw, f) = win.get::<B, false>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
+                let (tw, f) = win.get::<B>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
                 for r in 0..R {
                     tab[r] = _mm512_castsi512_si256(tw[r]);
                 }
@@ -500,152 +486,3 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     }
 }
 
-/// The byte kernel: 8-bit activations (`act8`) times byte tables (`TMAX8`) with `vpdpbusd`, for
-/// groups of 64 and more. A 512-bit `vpermb` looks up 64 consecutive weights at once (the
-/// activations stay in their natural order, the `hi` plane of `act`), so a chunk takes 2 lookups
-/// and 2 `vpdpbusd` per row where the word kernel takes 4 of each, and NF3's 3-bit codes are
-/// unpacked once per 64 weights instead of once per 32. `vpdpbusd` multiplies unsigned bytes by
-/// signed ones, so the tables hold each entry plus 128, and each segment's sums start from
-/// `-128 * sum h` (per input, shared by the rows): the integer sums stay exact, equal to the twin's.
-/// That correction is computed per lane (each lane's own bytes): a single total in one lane would
-/// cancel the other lanes' sums only in f32, leaving a residue where the row's tables are ~0.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows_b<const B: u32, const G: usize>(
-    p: &PackedMatrix,
-    act: &ActQ,
-    k0: usize,
-    k1: usize,
-    r0: usize,
-    r1: usize,
-    y: *mut f32,
-    ys: usize,
-    _tmax: f32,
-) {
-    // `uses_pair_order` sends smaller groups to the word kernel; this instance is never called.
-    if G < 64 {
-        unreachable!("byte NF kernel for groups of {G}");
-    }
-    let mut k = k0;
-    while k + 2 <= k1 {
-        let mut r = r0;
-        while r + 2 <= r1 {
-            block_b::<B, G, 2, 2>(p, act, r, k, y, ys);
-            r += 2;
-        }
-        if r < r1 {
-            block_b::<B, G, 1, 2>(p, act, r, k, y, ys);
-        }
-        k += 2;
-    }
-    if k < k1 {
-        let mut r = r0;
-        while r + 4 <= r1 {
-            block_b::<B, G, 4, 1>(p, act, r, k, y, ys);
-            r += 4;
-        }
-        while r < r1 {
-            block_b::<B, G, 1, 1>(p, act, r, k, y, ys);
-            r += 1;
-        }
-    }
-}
-
-/// `R` rows from `r0`, `C` inputs from `k0`, byte kernel (`rows_b`).
-#[inline(always)]
-unsafe fn block_b<const B: u32, const G: usize, const R: usize, const C: usize>(
-    p: &PackedMatrix,
-    act: &ActQ,
-    r0: usize,
-    k0: usize,
-    y: *mut f32,
-    ys: usize,
-) {
-    let l = &p.layout;
-    let nch = l.padded_cols() / CHUNK;
-    let cb = if B == 3 { 48 } else { 64 };
-    let spc = segs_per_chunk(G);
-    // Weights per segment: 64 or 128.
-    const fn seg_len(g: usize) -> usize {
-        if g < CHUNK {
-            g
-        } else {
-            CHUNK
-        }
-    }
-    let base = p.bytes().as_ptr();
-    let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
-    let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
-    let hp: [*const i8; C] = from_fn(|k| act.hi(k0 + k).as_ptr());
-    let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
-    let lv = levels16(l.format);
-    let levels = _mm512_loadu_ps(lv.as_ptr());
-    let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
-    prefetch_range(scales[0].wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
-    // Unsigned 128 in every byte.
-    let c128 = _mm512_set1_epi8(-128);
-
-    let mut facc = [[_mm512_setzero_ps(); C]; R];
-    let mut acc = [[_mm512_setzero_si512(); C]; R];
-    let mut tab = [_mm512_setzero_si512(); R];
-    let mut win = TableWindow::<R>::new();
-    // The current group's factors (lanes 2r of its window entry), read from memory by the
-    // epilogue: a broadcast load there instead of a permute on the busy shuffle pipes.
-    let mut facp: *const f32 = std::ptr::null();
-    for cc in 0..nch {
-        for r in 0..R {
-            let cp = codes[r].add(cc * cb);
-            // The same chunk of the next block of rows (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(R * l.row_code_bytes));
-            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
-        }
-        let xv: [[__m512i; 2]; C] =
-            from_fn(|k| from_fn(|h| _mm512_loadu_si512(hp[k].add(cc * CHUNK + 64 * h) as *const __m512i)));
-        unroll!(h in [0, 1] {
-            let e = cc * CHUNK + 64 * h;
-            if e.is_multiple_of(G) {
-                let gi = win.fill::<B, true>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, TMAX8);
-                tab = win.tab[gi];
-                facp = &win.fac[gi] as *const __m256 as *const f32;
-            }
-            if (64 * h).is_multiple_of(seg_len(G)) {
-                // A segment starts: its sums start from -128 * sum h over the segment.
-                for k in 0..C {
-                    let mut s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, xv[k][h]);
-                    if seg_len(G) == CHUNK {
-                        s = _mm512_dpbusd_epi32(s, c128, xv[k][1]);
-                    }
-                    let s = _mm512_sub_epi32(_mm512_setzero_si512(), s);
-                    for r in 0..R {
-                        acc[r][k] = s;
-                    }
-                }
-            }
-            for r in 0..R {
-                let lk = _mm512_permutexvar_epi8(index_z::<B>(codes[r].add(cc * cb), h)[0], tab[r]);
-                for k in 0..C {
-                    acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], lk, xv[k][h]);
-                }
-            }
-            // A segment ends with its group or its chunk.
-            if (64 * h + 64).is_multiple_of(seg_len(G)) {
-                for k in 0..C {
-                    // X = 256 h (act.rs): the factor 256 goes with the block scale.
-                    let d = _mm512_set1_ps(*dseg[k].add(cc * spc + h * (spc - 1)) * 256.0);
-                    for r in 0..R {
-                        // (S * fac) * d, not S * (fac * d): LLVM computes a product of two
-                        // scalars in a scalar register and broadcasts it with a shuffle, while
-                        // this multiply takes the factor as a broadcast memory operand.
-                        let sf = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][k]), _mm512_set1_ps(*facp.add(2 * r)));
-                        facc[r][k] = _mm512_fmadd_ps(sf, d, facc[r][k]);
-                    }
-                }
-            }
-        });
-    }
-    for r in 0..R {
-        for k in 0..C {
-            *y.add((k0 + k) * ys + r0 + r) = _mm512_reduce_add_ps(facc[r][k]);
-        }
-    }
-}

@@ -92,6 +92,8 @@ mod avx512_float;
 mod avx512_int;
 #[cfg(target_arch = "x86_64")]
 mod avx512_nf;
+#[cfg(target_arch = "x86_64")]
+mod avx512_nf8;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "aarch64")]
