@@ -28,7 +28,11 @@
 //!   bound of both roundings. 2x the speed of the exact f32 method it replaces (Zen 4 AVX-512,
 //!   Zen 3 AVX2).
 //! - `--act-bits 8` ([`Kernels::with_act8`]): the same integer schemes on 8-bit activations stored
-//!   in the high byte ([`act`]); AVX2, AVX-512 and NEON `sdot` skip the zero low plane.
+//!   in the high byte ([`act`]); AVX2, AVX-512 and NEON `sdot` skip the zero low plane. The
+//!   integer NF scheme then takes 8-bit tables too (`nf_int::TMAX8`), which AVX-512 with VBMI
+//!   looks up 64 weights at a time with `vpermb` and multiplies with `vpdpbusd`
+//!   (`avx512_nf8.rs`, groups of 64 and more; smaller groups and CPUs without VBMI run the
+//!   16-bit code on the 8-bit tables).
 //! - NF formats elsewhere (`avx512.rs` and `avx2.rs` for g16, `neon.rs`): exact f32: a group's 16
 //!   dequantized levels live in registers and the codes index them (`vpermps`; NEON `tbl`), FMA
 //!   with f32 inputs.
