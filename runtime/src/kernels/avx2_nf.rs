@@ -69,7 +69,13 @@ unsafe fn rows<const B: u32, const G: usize>(
 /// the high bytes of its entries, each repeated in both 128-bit halves, and the factor `m / tmax`.
 /// The arithmetic of `nf_int::group_factors` and `nf_int::table_entry`.
 #[inline(always)]
-unsafe fn table<const B: u32>(levels: &[__m256; 2], neg: &[__m256; 2], sc: *const u8, g: usize, tmax: f32) -> ([__m256i; 2], f32) {
+unsafe fn table<const B: u32>(
+    levels: &[__m256; 2],
+    neg: &[__m256; 2],
+    sc: *const u8,
+    g: usize,
+    tmax: f32,
+) -> ([__m256i; 2], f32) {
     let pn = (sc.add(4 * g) as *const i32).read_unaligned();
     let s = _mm_cvtph_ps(_mm_cvtsi32_si128(pn));
     let (pos, ng) = (_mm_cvtss_f32(s), _mm_cvtss_f32(_mm_movehdup_ps(s)));

@@ -99,7 +99,8 @@ unsafe fn zeros16<const B: u32>(z: *const u8, g: usize, n: usize) -> __m512 {
     let bytes = (n * b).div_ceil(8);
     let u = _mm_cvtsi128_si64(_mm_maskz_loadu_epi8(((1u32 << bytes) - 1) as __mmask16, z.add(g * b / 8) as *const i8)) as u64;
     // Lanes 0-7 shift the low 32 bits, lanes 8-15 the 32 bits from group 8 on.
-    let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set1_epi32(u as i32)), _mm256_set1_epi32((u >> (8 * b)) as i32));
+    let v =
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set1_epi32(u as i32)), _mm256_set1_epi32((u >> (8 * b)) as i32));
     let k = B as i32;
     let sh = _mm512_setr_epi32(0, k, 2 * k, 3 * k, 4 * k, 5 * k, 6 * k, 7 * k, 0, k, 2 * k, 3 * k, 4 * k, 5 * k, 6 * k, 7 * k);
     let q = _mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi32((1 << B) - 1));

@@ -485,4 +485,3 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         }
     }
 }
-

@@ -175,7 +175,14 @@ impl<const R: usize, const C: usize> Window<R, C> {
     /// stack (measured 20% slower); a call per 16 groups costs nothing.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    unsafe fn fill<const B: u32, const G: usize>(&mut self, lv: &Levels, sc: &[*const u8; R], dseg: &[*const f32; C], g: usize, n: usize) {
+    unsafe fn fill<const B: u32, const G: usize>(
+        &mut self,
+        lv: &Levels,
+        sc: &[*const u8; R],
+        dseg: &[*const f32; C],
+        g: usize,
+        n: usize,
+    ) {
         let (levels, side0) = (_mm512_loadu_ps(lv.levels.as_ptr()), _mm512_loadu_si512(lv.side0.as_ptr() as *const __m512i));
         // fma(L, s inv, 1.5 * 2^23 + 128) rounds the exact product half to even and leaves the
         // entry plus 128 in the lane's low byte (as `avx512_nf::tables`).
@@ -189,7 +196,8 @@ impl<const R: usize, const C: usize> Window<R, C> {
                     break;
                 }
                 // Groups 8 half .. 8 half + 7 as [pos, neg] pairs.
-                let s = _mm512_cvtph_ps(if half == 0 { _mm512_castsi512_si256(raw) } else { _mm512_extracti64x4_epi64::<1>(raw) });
+                let s =
+                    _mm512_cvtph_ps(if half == 0 { _mm512_castsi512_si256(raw) } else { _mm512_extracti64x4_epi64::<1>(raw) });
                 let a = _mm512_abs_ps(s);
                 let m = _mm512_max_ps(a, _mm512_permute_ps::<0b10_11_00_01>(a));
                 let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());

@@ -406,8 +406,11 @@ impl Kernels {
             _ => {
                 for k in k0..k1 {
                     for r in r0..r1 {
-                        *out.0.add(k * ys + r) =
-                            if p.format().is_nf() { nf_int::nf_row_twin(p, r, act, k, nf_int::tmax(self.act8)) } else { act::int_row_twin(p, r, act, k) };
+                        *out.0.add(k * ys + r) = if p.format().is_nf() {
+                            nf_int::nf_row_twin(p, r, act, k, nf_int::tmax(self.act8))
+                        } else {
+                            act::int_row_twin(p, r, act, k)
+                        };
                     }
                 }
             }

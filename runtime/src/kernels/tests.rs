@@ -314,7 +314,8 @@ fn nf_integer_scheme_is_within_its_bound_of_the_exact_dot_product() {
                 eprintln!("integer NF, {format} g{group}, act8 {act8}: normwise relative error {rel:.2e}");
                 assert!(rel < limit, "{format} g{group} act8 {act8}: normwise relative error {rel:e}");
                 rels[act8 as usize] = rel;
-                let bound: Vec<f32> = nf_rounding_bound(&w, &x, act8).iter().zip(&mag).map(|(b, m)| 1.001 * b + 1e-5 * m).collect();
+                let bound: Vec<f32> =
+                    nf_rounding_bound(&w, &x, act8).iter().zip(&mag).map(|(b, m)| 1.001 * b + 1e-5 * m).collect();
                 assert_close(&format!("{format} g{group} act8 {act8} rowwise"), &got, &want, &bound, 1.0);
             }
             // The 8-bit tables really are 8-bit: much further from the exact product.
