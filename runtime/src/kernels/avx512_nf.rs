@@ -15,7 +15,8 @@
 
 use super::act::{segs_per_chunk, ActQ};
 use super::avx512_nf8::rows as nf8_rows;
-use super::nf_int::{levels16, pair_offset, tmax, TMAX8};
+use super::avx512_nf_window::{Levels, Window};
+use super::nf_int::{pair_offset, tmax, TMAX8};
 use super::x86_int::{prefetch, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
@@ -97,121 +98,6 @@ unsafe fn rows<const B: u32, const G: usize>(
             tile!(1, 1, r, k);
             r += 1;
         }
-    }
-}
-
-/// The tables of group `g` of up to 4 rows (`sc[r]`: row `r`'s `[pos, neg]` f16 scales), and
-/// the rows' factors `m / tmax` in lanes `2r`: the arithmetic of `nf_int::group_factors` and
-/// `nf_int::table_entry`, for all rows at once (one division). Each table is 32 words, the
-/// format's levels repeated, so the index bits above a code are ignored by both 256- and 512-bit
-/// `vpermw`.
-#[inline(always)]
-unsafe fn tables<const B: u32, const R: usize>(
-    levels: __m512,
-    sel: __m512i,
-    sc: &[*const u8; R],
-    g: usize,
-    tab: &mut [__m512i; R],
-    tmax: f32,
-) -> __m256 {
-    let pn: [i32; 4] = from_fn(|r| if r < R { (sc[r].add(4 * g) as *const i32).read_unaligned() } else { 0 });
-    // [pos0, neg0, pos1, neg1, ...]
-    let s = _mm256_cvtph_ps(_mm_loadu_si128(pn.as_ptr() as *const __m128i));
-    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), s);
-    let m = _mm256_max_ps(a, _mm256_permute_ps::<0b10_11_00_01>(a));
-    let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
-    let inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(tmax), m), pos);
-    let sinv = _mm512_castps256_ps512(_mm256_mul_ps(s, inv));
-    // fma(L, s inv, 1.5 * 2^23) rounds the exact product to an integer (half to even: the
-    // constant is even and its unit in the last place is 1 over the whole range) and leaves it in
-    // the low 16 bits of its lane, which a word permute then picks: one operation each for the
-    // multiply and conversion, and for the narrowing and repetition.
-    let magic = _mm512_set1_ps(12582912.0);
-    let spread = |t: __m512i, base: usize, n: usize| _mm512_permutexvar_epi16(expand(base, n), t);
-    if B == 3 {
-        // NF3 has 8 levels (`levels` holds them twice), so one FMA serves two rows: row 2i in
-        // lanes 0-7, row 2i + 1 in lanes 8-15.
-        let hi = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-        for i in 0..R.div_ceil(2) {
-            let side = _mm512_permutexvar_ps(_mm512_add_epi32(_mm512_add_epi32(sel, hi), _mm512_set1_epi32(4 * i as i32)), sinv);
-            let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
-            tab[2 * i] = spread(t, 0, 8);
-            if 2 * i + 1 < R {
-                tab[2 * i + 1] = spread(t, 8, 8);
-            }
-        }
-    } else {
-        for r in 0..R {
-            let side = _mm512_permutexvar_ps(_mm512_add_epi32(sel, _mm512_set1_epi32(2 * r as i32)), sinv);
-            let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
-            tab[r] = spread(t, 0, 16);
-        }
-    }
-    _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / tmax)), pos)
-}
-
-/// The word permute that repeats the low words of dword lanes `base..base + n` over 32 words.
-#[inline(always)]
-unsafe fn expand(base: usize, n: usize) -> __m512i {
-    let idx: [i16; 32] = from_fn(|j| (2 * (base + j % n)) as i16);
-    _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
-}
-
-/// Groups per table window.
-const TW: usize = 16;
-
-/// The tables of a window of groups of `R` rows, built in one pass ahead of the chunk loop that
-/// reads them. Built one group at a time inside that loop, each table's chain of dependent
-/// operations (division, conversions, permutes) stalled the lookups waiting for it: half of the
-/// kernel's time at NF3 g128. Built together, the groups' chains overlap.
-struct TableWindow<const R: usize> {
-    tab: [[__m512i; R]; TW],
-    fac: [__m256; TW],
-    g0: usize,
-    g1: usize,
-}
-
-impl<const R: usize> TableWindow<R> {
-    #[inline(always)]
-    unsafe fn new() -> Self {
-        Self { tab: [[_mm512_setzero_si512(); R]; TW], fac: [_mm256_setzero_ps(); TW], g0: 0, g1: 0 }
-    }
-
-    /// The tables and factors of group `g` (groups are asked for in increasing order).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn get<const B: u32>(
-        &mut self,
-        levels: __m512,
-        sel: __m512i,
-        sc: &[*const u8; R],
-        g: usize,
-        groups: usize,
-        tmax: f32,
-    ) -> (&[__m512i; R], __m256) {
-        if g >= self.g1 {
-            (self.g0, self.g1) = (g, (g + TW).min(groups));
-            for i in 0..self.g1 - g {
-                self.fac[i] = tables::<B, R>(levels, sel, sc, g + i, &mut self.tab[i], tmax);
-            }
-        }
-        (&self.tab[g - self.g0], self.fac[g - self.g0])
-    }
-
-    /// Make sure group `g`'s tables are in the window (as `get`) and return its index there.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn fill<const B: u32>(
-        &mut self,
-        levels: __m512,
-        sel: __m512i,
-        sc: &[*const u8; R],
-        g: usize,
-        groups: usize,
-        tmax: f32,
-    ) -> usize {
-        self.get::<B>(levels, sel, sc, g, groups, tmax);
-        g - self.g0
     }
 }
 
@@ -329,17 +215,13 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
     let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
     let xp: [*const i16; C] = from_fn(|k| act.xp(k0 + k).as_ptr());
     let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
-    let lv = levels16(l.format);
-    let levels = _mm512_loadu_ps(lv.as_ptr());
-    let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
+    let lv = Levels::new(l.format);
     prefetch_range(scales[0].wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
 
     let mut facc = [[_mm512_setzero_ps(); C]; R];
     let mut acc = [[_mm512_setzero_si512(); C]; R];
-    let mut tab = [_mm512_setzero_si512(); R];
-    let mut win = TableWindow::<R>::new();
-    // The current group's factors, broadcast from memory by the epilogue (see `block_b`).
-    let mut facp: *const f32 = std::ptr::null();
+    let mut win = Window::<R, C, false>::new();
+    let mut gi = 0;
     for cc in 0..nch {
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
@@ -350,9 +232,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                let gi = win.fill::<B>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
-                tab = win.tab[gi];
-                facp = &win.fac[gi] as *const __m256 as *const f32;
+                gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups, tmax);
             }
             let mut idx = [[_mm512_setzero_si512(); 2]; R];
             for r in 0..R {
@@ -361,7 +241,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             unroll!(odd in [0, 1] {
                 let mut lk = [_mm512_setzero_si512(); R];
                 for r in 0..R {
-                    lk[r] = _mm512_permutexvar_epi16(idx[r][odd], tab[r]);
+                    lk[r] = _mm512_permutexvar_epi16(idx[r][odd], win.tab[gi][r]);
                 }
                 for k in 0..C {
                     let xv = _mm512_loadu_si512(xp[k].add(cc * CHUNK + pair_offset(2 * h, odd)) as *const __m512i);
@@ -373,10 +253,15 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             // A segment ends with its group or its chunk.
             if (64 * h + 64).is_multiple_of(G.min(CHUNK)) {
                 for k in 0..C {
-                    let d = _mm512_set1_ps(*dseg[k].add(cc * spc));
                     for r in 0..R {
-                        let f = _mm512_mul_ps(_mm512_set1_ps(*facp.add(2 * r)), d);
-                        facc[r][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
+                        // The factor as a broadcast memory operand: no shuffle.
+                        let f = _mm512_set1_ps(win.fd[k][r][gi]);
+                        let s = _mm512_cvtepi32_ps(acc[r][k]);
+                        facc[r][k] = if G <= CHUNK {
+                            _mm512_fmadd_ps(s, f, facc[r][k])
+                        } else {
+                            _mm512_fmadd_ps(_mm512_mul_ps(s, f), _mm512_set1_ps(*dseg[k].add(cc * spc)), facc[r][k])
+                        };
                         acc[r][k] = _mm512_setzero_si512();
                     }
                 }
@@ -411,22 +296,19 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let l = &p.layout;
     let nch = l.padded_cols() / CHUNK;
     let cb = if B == 3 { 48 } else { 64 };
-    let spc = segs_per_chunk(G);
     let base = p.bytes().as_ptr();
     let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
     let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
     let xp: [*const i16; C] = from_fn(|k| act.xp(k0 + k).as_ptr());
     let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
-    let lv = levels16(l.format);
-    let levels = _mm512_loadu_ps(lv.as_ptr());
-    let sel = _mm512_loadu_si512(lv.map(|v| (v < 0.0) as i32).as_ptr() as *const __m512i);
+    let lv = Levels::new(l.format);
     prefetch_range(scales[0].wrapping_add(R * l.row_scale_bytes), R * l.row_scale_bytes);
 
     let mut facc = [[_mm256_setzero_ps(); C]; R];
     let mut acc = [[_mm256_setzero_si256(); C]; R];
     let mut tab = [_mm256_setzero_si256(); R];
-    let mut fac = _mm256_setzero_ps();
-    let mut win = TableWindow::<R>::new();
+    let mut win = Window::<R, C, false>::new();
+    let mut gi = 0;
     for cc in 0..nch {
         let mut raw = [[_mm256_setzero_si256(); 2]; R];
         for r in 0..R {
@@ -444,11 +326,10 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(t in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * t;
             if e.is_multiple_of(G) {
-                let (tw, f) = win.get::<B>(levels, sel, &scales, (e / G).min(l.groups - 1), l.groups, tmax);
+                gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups, tmax);
                 for r in 0..R {
-                    tab[r] = _mm512_castsi512_si256(tw[r]);
+                    tab[r] = _mm512_castsi512_si256(win.tab[gi][r]);
                 }
-                fac = f;
             }
             let mut cw = [_mm256_setzero_si256(); R];
             for r in 0..R {
@@ -469,9 +350,9 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
             // A segment ends with its group or its chunk.
             if (32 * t + 32).is_multiple_of(G.min(CHUNK)) {
                 for k in 0..C {
-                    let fd = _mm256_mul_ps(fac, _mm256_set1_ps(*dseg[k].add(cc * spc)));
                     for r in 0..R {
-                        let f = _mm256_permutevar8x32_ps(fd, _mm256_set1_epi32(2 * r as i32));
+                        // Groups of 32: one segment per group, `fac * d` in the window.
+                        let f = _mm256_set1_ps(win.fd[k][r][gi]);
                         facc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
                         acc[r][k] = _mm256_setzero_si256();
                     }

@@ -13,16 +13,18 @@
 //!
 //! This loop is bound by the number of vector operations (the pipes, not the front end: 16 `nop`s
 //! per row and chunk cost ~1.2 cycles), so the per-group work is done for 16 groups of a row at
-//! once (`Window`): one conversion, division and factor computation per 16 groups instead of one
-//! per group, and the segment factors `fac * d` multiplied ahead for the epilogue's FMA.
+//! once (`avx512_nf_window::Window`): one conversion, division and factor computation per 16
+//! groups instead of one per group, and the segment factors `fac * d` multiplied ahead for the
+//! epilogue's FMA.
 
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::nf_int::{levels16, TMAX8};
+use super::avx512_nf_window::{Levels, Window};
+use super::nf_int::TMAX8;
 use super::x86_int::{prefetch, prefetch_range};
-use bd_formats::quant::{PackedMatrix, QuantFormat, CHUNK};
+use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
@@ -70,26 +72,6 @@ pub(super) unsafe fn rows<const B: u32, const G: usize>(
     }
 }
 
-/// Groups per window.
-const TW: usize = 16;
-
-/// The byte permute that repeats the low bytes of dword lanes `base..base + n` over 64 bytes
-/// (NF4: the code in index bits 0-3, bits 4-5 ignored).
-#[inline(always)]
-unsafe fn expand(base: usize, n: usize) -> __m512i {
-    let idx: [i8; 64] = from_fn(|j| (4 * (base + j % n)) as i8);
-    _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
-}
-
-/// The byte permute that builds an NF3 table from the low bytes of dword lanes `base..base + 8`,
-/// for `index`'s layout: code bits 0-1 in index bits 0-1, code bit 2 in index bit 3, the other
-/// index bits ignored.
-#[inline(always)]
-unsafe fn expand3(base: usize) -> __m512i {
-    let idx: [i8; 64] = from_fn(|j| (4 * (base + (j & 3) + 4 * ((j >> 3) & 1))) as i8);
-    _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
-}
-
 /// The lookup indices of weights `64h..64h + 63` of the chunk at `cp`, in order. NF4: the code in
 /// bits 0-3 (the lane's low nibbles, then its high nibbles). NF3: the low code bits in bits 0-1
 /// and the high bit in bit 3 (bit 2 and bits 4-5 are garbage, `expand3`): at that position the
@@ -111,132 +93,6 @@ unsafe fn index<const B: u32>(cp: *const u8, h: usize) -> __m512i {
         let hs = if h == 0 { _mm512_sllv_epi32(hb, q(3, 2, 1, 0)) } else { _mm512_srlv_epi32(hb, q(1, 2, 3, 4)) };
         // Bit 3 from hs, the others from a.
         _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(8))
-    }
-}
-
-/// A format's levels (NF3's 8 twice), and per level the lane of its side's scale among the
-/// `[pos, neg]` pairs of groups 0 and 1 (NF3: lanes 0-7 and 8-15) or of group 0 (NF4); group `j`
-/// adds `2j`.
-struct Levels {
-    levels: [f32; 16],
-    side0: [i32; 16],
-}
-
-impl Levels {
-    fn new(format: QuantFormat) -> Self {
-        let levels = levels16(format);
-        let side0 = from_fn(|l| (levels[l] < 0.0) as i32 + if format.bits() == 3 { 2 * (l / 8) as i32 } else { 0 });
-        Self { levels, side0 }
-    }
-}
-
-/// The tables of `TW` groups of `R` rows, and their segment factors for `C` inputs, built a row
-/// at a time for all the window's groups (the arithmetic of `nf_int::group_factors` and
-/// `nf_int::table_entry`).
-struct Window<const R: usize, const C: usize> {
-    tab: [[__m512i; R]; TW],
-    /// Per input and row, each group's `fac * 256 d` (groups of 64 and 128: one segment per
-    /// group, so one block scale `d`), or `fac` (groups of 256, two segments per group).
-    fd: [[[f32; TW]; R]; C],
-    g0: usize,
-    g1: usize,
-}
-
-impl<const R: usize, const C: usize> Window<R, C> {
-    #[inline(always)]
-    unsafe fn new() -> Self {
-        Self { tab: [[_mm512_setzero_si512(); R]; TW], fd: [[[0.0; TW]; R]; C], g0: 0, g1: 0 }
-    }
-
-    /// Fill the window from group `g` (of `groups`) if `g` is past it; return `g`'s index in it.
-    /// `sc[r]`: row `r`'s `[pos, neg]` f16 scales; `dseg[k]`: input `k`'s segment scales.
-    #[inline(always)]
-    unsafe fn at<const B: u32, const G: usize>(
-        &mut self,
-        lv: &Levels,
-        sc: &[*const u8; R],
-        dseg: &[*const f32; C],
-        g: usize,
-        groups: usize,
-    ) -> usize {
-        if g >= self.g1 {
-            (self.g0, self.g1) = (g, (g + TW).min(groups));
-            self.fill::<B, G>(lv, sc, dseg, g, self.g1 - g);
-        }
-        let i = g - self.g0;
-        // `g0 <= g < g1 <= g0 + TW`: lets the kernel index the window without bounds checks.
-        if i >= TW {
-            std::hint::unreachable_unchecked();
-        }
-        i
-    }
-
-    /// Not inlined: inside the chunk loop its registers pushed the loop's accumulators onto the
-    /// stack (measured 20% slower); a call per 16 groups costs nothing.
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
-    unsafe fn fill<const B: u32, const G: usize>(
-        &mut self,
-        lv: &Levels,
-        sc: &[*const u8; R],
-        dseg: &[*const f32; C],
-        g: usize,
-        n: usize,
-    ) {
-        let (levels, side0) = (_mm512_loadu_ps(lv.levels.as_ptr()), _mm512_loadu_si512(lv.side0.as_ptr() as *const __m512i));
-        // fma(L, s inv, 1.5 * 2^23 + 128) rounds the exact product half to even and leaves the
-        // entry plus 128 in the lane's low byte (as `avx512_nf::tables`).
-        let magic = _mm512_set1_ps(12582912.0 + 128.0);
-        let gmask: __mmask16 = ((1u32 << n) - 1) as __mmask16;
-        for r in 0..R {
-            let raw = _mm512_maskz_loadu_epi16(((1u64 << (2 * n)) - 1) as __mmask32, sc[r].add(4 * g) as *const i16);
-            let mut fac = [_mm512_setzero_ps(); 2];
-            for half in 0..2 {
-                if 8 * half >= n {
-                    break;
-                }
-                // Groups 8 half .. 8 half + 7 as [pos, neg] pairs.
-                let s =
-                    _mm512_cvtph_ps(if half == 0 { _mm512_castsi512_si256(raw) } else { _mm512_extracti64x4_epi64::<1>(raw) });
-                let a = _mm512_abs_ps(s);
-                let m = _mm512_max_ps(a, _mm512_permute_ps::<0b10_11_00_01>(a));
-                let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
-                let inv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(TMAX8), m);
-                let sinv = _mm512_mul_ps(s, inv);
-                fac[half] = _mm512_maskz_mul_ps(pos, m, _mm512_set1_ps(1.0 / TMAX8));
-                let ng = (n - 8 * half).min(8);
-                if B == 3 {
-                    // Two groups per FMA: group j in lanes 0-7, j + 1 in lanes 8-15.
-                    for j in (0..ng).step_by(2) {
-                        let side = _mm512_permutexvar_ps(_mm512_add_epi32(side0, _mm512_set1_epi32(2 * j as i32)), sinv);
-                        let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
-                        self.tab[8 * half + j][r] = _mm512_permutexvar_epi8(expand3(0), t);
-                        if j + 1 < ng {
-                            self.tab[8 * half + j + 1][r] = _mm512_permutexvar_epi8(expand3(8), t);
-                        }
-                    }
-                } else {
-                    for j in 0..ng {
-                        let side = _mm512_permutexvar_ps(_mm512_add_epi32(side0, _mm512_set1_epi32(2 * j as i32)), sinv);
-                        let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
-                        self.tab[8 * half + j][r] = _mm512_permutexvar_epi8(expand(0, 16), t);
-                    }
-                }
-            }
-            // The groups' factors in lanes 0-15 (the even lanes of both halves).
-            let even: [i32; 16] = from_fn(|l| 2 * l as i32);
-            let f16 = _mm512_permutex2var_ps(fac[0], _mm512_loadu_si512(even.as_ptr() as *const __m512i), fac[1]);
-            for k in 0..C {
-                let fd = if G <= CHUNK {
-                    // One segment per group: its index is the group's.
-                    let d = _mm512_maskz_loadu_ps(gmask, dseg[k].add(g));
-                    _mm512_mul_ps(f16, _mm512_mul_ps(d, _mm512_set1_ps(256.0)))
-                } else {
-                    f16
-                };
-                _mm512_storeu_ps(self.fd[k][r].as_mut_ptr(), fd);
-            }
-        }
     }
 }
 
@@ -268,7 +124,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let mut facc = [[_mm512_setzero_ps(); C]; R];
     let mut acc = [[_mm512_setzero_si512(); C]; R];
     let lv = Levels::new(l.format);
-    let mut win = Window::<R, C>::new();
+    let mut win = Window::<R, C, true>::new();
     let mut gi = 0;
     for cc in 0..nch {
         for r in 0..R {
@@ -282,7 +138,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
-                gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups);
+                gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups, TMAX8);
             }
             if (64 * h).is_multiple_of(seg_len) {
                 // A segment starts: its sums start from -128 * sum h over the segment.

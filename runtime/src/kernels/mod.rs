@@ -98,6 +98,8 @@ mod avx512_int;
 mod avx512_nf;
 #[cfg(target_arch = "x86_64")]
 mod avx512_nf8;
+#[cfg(target_arch = "x86_64")]
+mod avx512_nf_window;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "aarch64")]
