@@ -84,7 +84,7 @@ unsafe fn table<const B: u32>(
     let entries = |h: usize| {
         let side = _mm256_blendv_ps(sp, sn, neg[h]);
         // fma(L, s inv, 1.5 * 2^23) rounds the exact product half to even into the low bits
-        // (see avx512_nf::tables); subtracting the constant's bits leaves the integer.
+        // (see avx512_nf_window); subtracting the constant's bits leaves the integer.
         let t = _mm256_fmadd_ps(levels[h], side, _mm256_set1_ps(12582912.0));
         let t = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000));
         let w = _mm_packs_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));

@@ -72,27 +72,31 @@ pub(super) unsafe fn rows<const B: u32, const G: usize>(
     }
 }
 
-/// The lookup indices of weights `64h..64h + 63` of the chunk at `cp`, in order. NF4: the code in
-/// bits 0-3 (the lane's low nibbles, then its high nibbles). NF3: the low code bits in bits 0-1
-/// and the high bit in bit 3 (bit 2 and bits 4-5 are garbage, `expand3`): at that position the
-/// high plane needs only left shifts for `h = 0` and only right shifts for `h = 1`.
+/// The lookup indices of the chunk at `cp`: weights 0-63, then 64-127, in order. NF4: the code
+/// in bits 0-3 (a lane's low nibbles, then its high nibbles). NF3: the low code bits in bits 0-1
+/// and the high bit in bit 3 (bit 2 and bits 4-5 are garbage, `avx512_nf_window::expand3`). At
+/// that position the high plane needs only left shifts for the first 64 weights, and taking bit 7
+/// from it as well puts the second 64 weights' high bits in bit 7 while their low bits already sit
+/// in bits 4-5: the second index is the first shifted right by 4, one operation instead of three.
 #[inline(always)]
-unsafe fn index<const B: u32>(cp: *const u8, h: usize) -> __m512i {
+unsafe fn indices<const B: u32>(cp: *const u8) -> [__m512i; 2] {
     let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
     if B == 4 {
-        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
-        _mm512_srlv_epi32(v, c(0, 4))
+        let v = |h: usize| _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
+        [_mm512_srlv_epi32(v(0), c(0, 4)), _mm512_srlv_epi32(v(1), c(0, 4))]
     } else {
+        // Fields 0 and 1 of the low plane (weights 0-31, 32-63) in bits 0-1, fields 2 and 3
+        // (weights 64-95, 96-127) in bits 4-5.
         let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-        let s = 4 * h as i32;
-        let a = _mm512_srlv_epi32(v, c(s, s + 2));
+        let a = _mm512_srlv_epi32(v, c(0, 2));
         // Weight 32t + i's high bit is bit 2t of high byte i (i < 16) or bit 2t + 1 of byte
-        // i - 16; the quarters of the register hold (t, i < 16), (t, i >= 16) for t = 2h, 2h + 1.
+        // i - 16; the quarters of the register hold (t, i < 16), (t, i >= 16) for t = 0, 1: shifted
+        // left by 3, 2, 1, 0, bit 3 holds the high bit of t = 0, 1 and bit 7 that of t = 2, 3.
         let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
-        let q = |a: i32, b: i32, c: i32, d: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, c, c, c, c, d, d, d, d);
-        let hs = if h == 0 { _mm512_sllv_epi32(hb, q(3, 2, 1, 0)) } else { _mm512_srlv_epi32(hb, q(1, 2, 3, 4)) };
-        // Bit 3 from hs, the others from a.
-        _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(8))
+        let hs = _mm512_sllv_epi32(hb, _mm512_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+        // Bits 3 and 7 from hs, the others from a.
+        let i0 = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(0x88u8 as i8));
+        [i0, _mm512_srli_epi32::<4>(i0)]
     }
 }
 
@@ -135,6 +139,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         }
         let xv: [[__m512i; 2]; C] =
             from_fn(|k| from_fn(|h| _mm512_loadu_si512(hp[k].add(cc * CHUNK + 64 * h) as *const __m512i)));
+        let ix: [[__m512i; 2]; R] = from_fn(|r| indices::<B>(codes[r].add(cc * cb)));
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
@@ -154,7 +159,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 }
             }
             for r in 0..R {
-                let lk = _mm512_permutexvar_epi8(index::<B>(codes[r].add(cc * cb), h), win.tab[gi][r]);
+                let lk = _mm512_permutexvar_epi8(ix[r][h], win.tab[gi][r]);
                 for k in 0..C {
                     acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], lk, xv[k][h]);
                 }

@@ -36,7 +36,7 @@ const fn expand(base: usize, n: usize) -> [i8; 64] {
 }
 
 /// The byte permute that builds an NF3 table from the low bytes of dword lanes `base..base + 8`,
-/// for the byte kernel's index layout (`avx512_nf8::index`): code bits 0-1 in index bits 0-1,
+/// for the byte kernel's index layout (`avx512_nf8::indices`): code bits 0-1 in index bits 0-1,
 /// code bit 2 in index bit 3, the other index bits ignored.
 const fn expand3(base: usize) -> [i8; 64] {
     let mut idx = [0i8; 64];

@@ -65,7 +65,7 @@ pub(crate) fn group_factors(pos: f32, neg: f32, tmax: f32) -> (f32, f32) {
 
 /// The table entry of level `l` with side scale `s`: `s * inv` in f32, then its exact product
 /// with `l` rounded half to even (the SIMD kernels get the same integer from one FMA, see
-/// `avx512_nf::tables`; the f64 product of two f32 values is exact).
+/// `avx512_nf_window`; the f64 product of two f32 values is exact).
 #[inline(always)]
 pub(crate) fn table_entry(l: f32, s: f32, inv: f32) -> i32 {
     (l as f64 * (s * inv) as f64).round_ties_even() as i32
