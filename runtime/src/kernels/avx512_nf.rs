@@ -101,8 +101,9 @@ unsafe fn rows<const B: u32, const G: usize>(
     }
 }
 
-/// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: bit 3 and the
-/// bits above are garbage): the even elements are the low bytes of its words, the odd ones the
+/// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: the low bits in
+/// bits 0-1 and the high bit in bit 3, as the word tables of `avx512_nf_window` expect; bit 2 and
+/// the bits above are garbage): the even elements are the low bytes of its words, the odd ones the
 /// high bytes. `raw`: NF4, the two code lanes; NF3, the low-bit lane and the high plane broadcast
 /// to both 128-bit halves.
 #[inline(always)]
@@ -123,16 +124,16 @@ unsafe fn code_block<const B: u32>(raw: &[__m256i; 2], t: usize) -> __m256i {
             _ => _mm256_srli_epi16::<6>(v),
         };
         // High bit of weight 32t + i: bit 2t of high byte i (i < 16), bit 2t + 1 of byte i - 16
-        // (i >= 16), moved to bit 2 (as in x86_int::field).
+        // (i >= 16), moved to bit 3.
         let h = raw[1];
         let hs = match t {
-            0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1)),
-            1 => _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
-            2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
-            _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5)),
+            0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2)),
+            1 => _mm256_sllv_epi32(h, _mm256_setr_epi32(1, 1, 1, 1, 0, 0, 0, 0)),
+            2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(1, 1, 1, 1, 2, 2, 2, 2)),
+            _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(3, 3, 3, 3, 4, 4, 4, 4)),
         };
-        // Bit 2 of each byte from hs, the others from a.
-        _mm256_ternarylogic_epi32::<0xD8>(a, hs, _mm256_set1_epi8(4))
+        // Bit 3 of each byte from hs, the others from a.
+        _mm256_ternarylogic_epi32::<0xD8>(a, hs, _mm256_set1_epi8(8))
     }
 }
 
@@ -166,30 +167,32 @@ unsafe fn dpwssd_z(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
     acc
 }
 
-/// Lookup indices of the even and of the odd elements of blocks `2h` and `2h + 1` of the chunk
-/// at `cp` (low and high 256 bits), for 512-bit `vpermw` on a table repeated in both halves (it
-/// reads bits 0-4 of each word). The code words are broadcast to both halves and shifted by a
-/// different count in each: 32-bit shifts (by at most 12, or at most 6 for NF3's 2-bit fields)
-/// move each word's own bits into its low bits.
+/// Lookup indices of the even and of the odd elements (`[h][odd]`) of blocks `2h` and `2h + 1` of
+/// the chunk at `cp` (low and high 256 bits), for 512-bit `vpermw` on a table repeated in both
+/// halves (it reads bits 0-4 of each word). The code words are broadcast to both halves and
+/// shifted by a different count in each. NF3, in `code_block`'s layout: the high plane shifted
+/// left by 3, 2, 1, 0 per 128-bit quarter puts the high bits of blocks 0 and 1 in bit 3 of each
+/// byte and those of blocks 2 and 3 in bit 7, where the low plane shifted by 0 and 2 has the
+/// low bits of blocks 2 and 3 in bits 4-5: so blocks 2 and 3 are blocks 0 and 1 shifted right by
+/// 4 (6 operations per chunk instead of 8).
 #[inline(always)]
-unsafe fn index_z<const B: u32>(cp: *const u8, h: usize) -> [__m512i; 2] {
+unsafe fn indices_z<const B: u32>(cp: *const u8) -> [[__m512i; 2]; 2] {
     let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
     if B == 4 {
-        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
-        [_mm512_srlv_epi32(v, c(0, 4)), _mm512_srlv_epi32(v, c(8, 12))]
+        let v = |h: usize| _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
+        let (v0, v1) = (v(0), v(1));
+        [
+            [_mm512_srlv_epi32(v0, c(0, 4)), _mm512_srlv_epi32(v0, c(8, 12))],
+            [_mm512_srlv_epi32(v1, c(0, 4)), _mm512_srlv_epi32(v1, c(8, 12))],
+        ]
     } else {
         let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-        let s = 4 * h as i32;
-        let a = _mm512_srlv_epi32(v, c(s, s + 2));
-        // High bits (see `code_block`), per 128-bit quarter: fields 2h (bytes 0-15, 16-31) and
-        // 2h + 1 (bytes 0-15, 16-31) need bits 2t and 2t + 1 of the high plane at bit 2: a
-        // rotation right by 2t - 2 and 2t - 1 (modulo 32: a rotation by 30 or 31 moves bit 0
-        // or 1 of the same byte there).
+        let a = _mm512_srlv_epi32(v, c(0, 2));
         let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
-        let q = |a: i32, b: i32, c: i32, d: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, c, c, c, c, d, d, d, d);
-        let hs = _mm512_rorv_epi32(hb, q((s + 30) % 32, (s + 31) % 32, s, s + 1));
-        let w = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(4));
-        [w, _mm512_srli_epi16::<8>(w)]
+        let hs = _mm512_sllv_epi32(hb, _mm512_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+        // Bits 3 and 7 of each byte from hs, the others from a.
+        let w = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(0x88u8 as i8));
+        [[w, _mm512_srli_epi16::<8>(w)], [_mm512_srli_epi16::<4>(w), _mm512_srli_epi16::<12>(w)]]
     }
 }
 
@@ -229,19 +232,16 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             prefetch(cp.wrapping_add(R * l.row_code_bytes));
             prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
         }
+        let idx: [[[__m512i; 2]; 2]; R] = from_fn(|r| indices_z::<B>(codes[r].add(cc * cb)));
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
                 gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups, tmax);
             }
-            let mut idx = [[_mm512_setzero_si512(); 2]; R];
-            for r in 0..R {
-                idx[r] = index_z::<B>(codes[r].add(cc * cb), h);
-            }
             unroll!(odd in [0, 1] {
                 let mut lk = [_mm512_setzero_si512(); R];
                 for r in 0..R {
-                    lk[r] = _mm512_permutexvar_epi16(idx[r][odd], win.tab[gi][r]);
+                    lk[r] = _mm512_permutexvar_epi16(idx[r][h][odd], win.tab[gi][r]);
                 }
                 for k in 0..C {
                     let xv = _mm512_loadu_si512(xp[k].add(cc * CHUNK + pair_offset(2 * h, odd)) as *const __m512i);

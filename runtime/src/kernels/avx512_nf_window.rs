@@ -60,10 +60,23 @@ const fn expand_w(base: usize, n: usize) -> [i16; 32] {
     idx
 }
 
+/// The word permute that builds an NF3 table from the low words of dword lanes `base..base + 8`
+/// for the word kernels' index layout (`avx512_nf::code_block`): code bits 0-1 in index bits 0-1,
+/// code bit 2 in index bit 3, index bits 2 and 4 ignored.
+const fn expand_w3(base: usize) -> [i16; 32] {
+    let mut idx = [0i16; 32];
+    let mut j = 0;
+    while j < 32 {
+        idx[j] = (2 * (base + (j & 3) + 4 * ((j >> 3) & 1))) as i16;
+        j += 1;
+    }
+    idx
+}
+
 const NF4_B: [i8; 64] = expand(0, 16);
 const NF3_B: [[i8; 64]; 2] = [expand3(0), expand3(8)];
 const NF4_W: [i16; 32] = expand_w(0, 16);
-const NF3_W: [[i16; 32]; 2] = [expand_w(0, 8), expand_w(8, 8)];
+const NF3_W: [[i16; 32]; 2] = [expand_w3(0), expand_w3(8)];
 
 #[inline(always)]
 unsafe fn load<T>(a: &T) -> __m512i {
