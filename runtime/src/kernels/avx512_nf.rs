@@ -177,17 +177,19 @@ unsafe fn dpwssd_z(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 /// 4 (6 operations per chunk instead of 8).
 #[inline(always)]
 unsafe fn indices_z<const B: u32>(cp: *const u8) -> [[__m512i; 2]; 2] {
-    let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+    // Plain calls rather than closures: a closure that is not inlined turns its intrinsics into
+    // function calls.
     if B == 4 {
-        let v = |h: usize| _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
-        let (v0, v1) = (v(0), v(1));
-        [
-            [_mm512_srlv_epi32(v0, c(0, 4)), _mm512_srlv_epi32(v0, c(8, 12))],
-            [_mm512_srlv_epi32(v1, c(0, 4)), _mm512_srlv_epi32(v1, c(8, 12))],
-        ]
+        let v0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+        let v1 = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32) as *const __m256i));
+        let (lo, hi) = (
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
+            _mm512_setr_epi32(8, 8, 8, 8, 8, 8, 8, 8, 12, 12, 12, 12, 12, 12, 12, 12),
+        );
+        [[_mm512_srlv_epi32(v0, lo), _mm512_srlv_epi32(v0, hi)], [_mm512_srlv_epi32(v1, lo), _mm512_srlv_epi32(v1, hi)]]
     } else {
         let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-        let a = _mm512_srlv_epi32(v, c(0, 2));
+        let a = _mm512_srlv_epi32(v, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2));
         let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
         let hs = _mm512_sllv_epi32(hb, _mm512_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
         // Bits 3 and 7 of each byte from hs, the others from a.
@@ -232,7 +234,12 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             prefetch(cp.wrapping_add(R * l.row_code_bytes));
             prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
         }
-        let idx: [[[__m512i; 2]; 2]; R] = from_fn(|r| indices_z::<B>(codes[r].add(cc * cb)));
+        // A loop, not `from_fn`: a closure is not always inlined, and its intrinsics then become
+        // calls (measured 15x slower).
+        let mut idx = [[[_mm512_setzero_si512(); 2]; 2]; R];
+        for r in 0..R {
+            idx[r] = indices_z::<B>(codes[r].add(cc * cb));
+        }
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {

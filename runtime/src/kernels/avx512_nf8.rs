@@ -80,15 +80,18 @@ pub(super) unsafe fn rows<const B: u32, const G: usize>(
 /// in bits 4-5: the second index is the first shifted right by 4, one operation instead of three.
 #[inline(always)]
 unsafe fn indices<const B: u32>(cp: *const u8) -> [__m512i; 2] {
-    let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+    // Plain calls rather than closures: a closure that is not inlined turns its intrinsics into
+    // function calls.
     if B == 4 {
-        let v = |h: usize| _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32 * h) as *const __m256i));
-        [_mm512_srlv_epi32(v(0), c(0, 4)), _mm512_srlv_epi32(v(1), c(0, 4))]
+        let v0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
+        let v1 = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32) as *const __m256i));
+        let sh = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4);
+        [_mm512_srlv_epi32(v0, sh), _mm512_srlv_epi32(v1, sh)]
     } else {
         // Fields 0 and 1 of the low plane (weights 0-31, 32-63) in bits 0-1, fields 2 and 3
         // (weights 64-95, 96-127) in bits 4-5.
         let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-        let a = _mm512_srlv_epi32(v, c(0, 2));
+        let a = _mm512_srlv_epi32(v, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2));
         // Weight 32t + i's high bit is bit 2t of high byte i (i < 16) or bit 2t + 1 of byte
         // i - 16; the quarters of the register hold (t, i < 16), (t, i >= 16) for t = 0, 1: shifted
         // left by 3, 2, 1, 0, bit 3 holds the high bit of t = 0, 1 and bit 7 that of t = 2, 3.
@@ -137,9 +140,18 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
             prefetch(cp.wrapping_add(R * l.row_code_bytes));
             prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
         }
-        let xv: [[__m512i; 2]; C] =
-            from_fn(|k| from_fn(|h| _mm512_loadu_si512(hp[k].add(cc * CHUNK + 64 * h) as *const __m512i)));
-        let ix: [[__m512i; 2]; R] = from_fn(|r| indices::<B>(codes[r].add(cc * cb)));
+        let mut xv = [[_mm512_setzero_si512(); 2]; C];
+        for k in 0..C {
+            for h in 0..2 {
+                xv[k][h] = _mm512_loadu_si512(hp[k].add(cc * CHUNK + 64 * h) as *const __m512i);
+            }
+        }
+        // Loops, not `from_fn`: a closure is not always inlined, and its intrinsics then become
+        // calls (the word kernel's NF4 ran 15x slower that way).
+        let mut ix = [[_mm512_setzero_si512(); 2]; R];
+        for r in 0..R {
+            ix[r] = indices::<B>(codes[r].add(cc * cb));
+        }
         unroll!(h in [0, 1] {
             let e = cc * CHUNK + 64 * h;
             if e.is_multiple_of(G) {
