@@ -14,7 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::avx512_nf8::rows as nf8_rows;
+use super::avx512_nf8::{indices as nf8_indices, rows as nf8_rows};
 use super::avx512_nf_window::{Levels, Window};
 use super::nf_int::{pair_offset, tmax, TMAX8};
 use super::x86_int::{prefetch, prefetch_range};
@@ -169,33 +169,13 @@ unsafe fn dpwssd_z(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 
 /// Lookup indices of the even and of the odd elements (`[h][odd]`) of blocks `2h` and `2h + 1` of
 /// the chunk at `cp` (low and high 256 bits), for 512-bit `vpermw` on a table repeated in both
-/// halves (it reads bits 0-4 of each word). The code words are broadcast to both halves and
-/// shifted by a different count in each. NF3, in `code_block`'s layout: the high plane shifted
-/// left by 3, 2, 1, 0 per 128-bit quarter puts the high bits of blocks 0 and 1 in bit 3 of each
-/// byte and those of blocks 2 and 3 in bit 7, where the low plane shifted by 0 and 2 has the
-/// low bits of blocks 2 and 3 in bits 4-5: so blocks 2 and 3 are blocks 0 and 1 shifted right by
-/// 4 (6 operations per chunk instead of 8).
+/// halves (it reads bits 0-4 of each word): the byte kernel's indices of 64 consecutive weights
+/// (`avx512_nf8::indices`) are the even elements in the low byte of each word, and shifted right
+/// by 8, the odd ones.
 #[inline(always)]
 unsafe fn indices_z<const B: u32>(cp: *const u8) -> [[__m512i; 2]; 2] {
-    // Plain calls rather than closures: a closure that is not inlined turns its intrinsics into
-    // function calls.
-    if B == 4 {
-        let v0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-        let v1 = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp.add(32) as *const __m256i));
-        let (lo, hi) = (
-            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
-            _mm512_setr_epi32(8, 8, 8, 8, 8, 8, 8, 8, 12, 12, 12, 12, 12, 12, 12, 12),
-        );
-        [[_mm512_srlv_epi32(v0, lo), _mm512_srlv_epi32(v0, hi)], [_mm512_srlv_epi32(v1, lo), _mm512_srlv_epi32(v1, hi)]]
-    } else {
-        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
-        let a = _mm512_srlv_epi32(v, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2));
-        let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
-        let hs = _mm512_sllv_epi32(hb, _mm512_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
-        // Bits 3 and 7 of each byte from hs, the others from a.
-        let w = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(0x88u8 as i8));
-        [[w, _mm512_srli_epi16::<8>(w)], [_mm512_srli_epi16::<4>(w), _mm512_srli_epi16::<12>(w)]]
-    }
+    let [e0, e1] = nf8_indices::<B>(cp);
+    [[e0, _mm512_srli_epi32::<8>(e0)], [e1, _mm512_srli_epi32::<8>(e1)]]
 }
 
 /// 512-bit version of `block` for groups of 64 and more: blocks `2h` and `2h + 1` of a chunk

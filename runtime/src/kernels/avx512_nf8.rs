@@ -74,12 +74,12 @@ pub(super) unsafe fn rows<const B: u32, const G: usize>(
 
 /// The lookup indices of the chunk at `cp`: weights 0-63, then 64-127, in order. NF4: the code
 /// in bits 0-3 (a lane's low nibbles, then its high nibbles). NF3: the low code bits in bits 0-1
-/// and the high bit in bit 3 (bit 2 and bits 4-5 are garbage, `avx512_nf_window::expand3`). At
+/// and the high bit in bit 3 (bit 2 and bits 4-5 are garbage: `avx512_nf_window::lane`). At
 /// that position the high plane needs only left shifts for the first 64 weights, and taking bit 7
 /// from it as well puts the second 64 weights' high bits in bit 7 while their low bits already sit
 /// in bits 4-5: the second index is the first shifted right by 4, one operation instead of three.
 #[inline(always)]
-unsafe fn indices<const B: u32>(cp: *const u8) -> [__m512i; 2] {
+pub(super) unsafe fn indices<const B: u32>(cp: *const u8) -> [__m512i; 2] {
     // Plain calls rather than closures: a closure that is not inlined turns its intrinsics into
     // function calls.
     if B == 4 {

@@ -21,62 +21,42 @@ use std::array::from_fn;
 /// Groups per window.
 pub(super) const TW: usize = 16;
 
-/// The byte permute that repeats the low bytes of dword lanes `base..base + n` over 64 bytes
-/// (NF4: the code in index bits 0-3, bits 4-5 ignored). `const`, as are the others: built at run
-/// time with `from_fn`, the index arrays were not always folded into constants (where the build
-/// was not inlined, it spent 7x the kernel's time making them).
-const fn expand(base: usize, n: usize) -> [i8; 64] {
+/// The dword lane a table permute takes index `j` from, for a table whose levels start at lane
+/// `base`: the levels repeated (`j % n`; NF4, and NF's codes in the low index bits), or for NF3's
+/// layout (`nf3`: code bits 0-1 in index bits 0-1 and code bit 2 in index bit 3, the other index
+/// bits ignored; the kernels' `code_block`, `indices`).
+const fn lane(j: usize, base: usize, n: usize, nf3: bool) -> usize {
+    base + if nf3 { (j & 3) + 4 * ((j >> 3) & 1) } else { j % n }
+}
+
+/// A byte permute (`vpermb`) that builds a table from the low bytes of the FMA result's lanes.
+/// `const`, as is `words`: built at run time with `from_fn`, the index arrays were not always
+/// folded into constants (where the build was not inlined, it spent 7x the kernel's time on them).
+const fn bytes(base: usize, n: usize, nf3: bool) -> [i8; 64] {
     let mut idx = [0i8; 64];
     let mut j = 0;
     while j < 64 {
-        idx[j] = (4 * (base + j % n)) as i8;
+        idx[j] = (4 * lane(j, base, n, nf3)) as i8;
         j += 1;
     }
     idx
 }
 
-/// The byte permute that builds an NF3 table from the low bytes of dword lanes `base..base + 8`,
-/// for the byte kernel's index layout (`avx512_nf8::indices`): code bits 0-1 in index bits 0-1,
-/// code bit 2 in index bit 3, the other index bits ignored.
-const fn expand3(base: usize) -> [i8; 64] {
-    let mut idx = [0i8; 64];
-    let mut j = 0;
-    while j < 64 {
-        idx[j] = (4 * (base + (j & 3) + 4 * ((j >> 3) & 1))) as i8;
-        j += 1;
-    }
-    idx
-}
-
-/// The word permute that repeats the low words of dword lanes `base..base + n` over 32 words
-/// (`vpermw` reads 4 or 5 index bits: NF3's 8 levels repeat, so the bits above a code are ignored).
-const fn expand_w(base: usize, n: usize) -> [i16; 32] {
+/// A word permute (`vpermw`) that builds a table from the low words of the FMA result's lanes.
+const fn words(base: usize, n: usize, nf3: bool) -> [i16; 32] {
     let mut idx = [0i16; 32];
     let mut j = 0;
     while j < 32 {
-        idx[j] = (2 * (base + j % n)) as i16;
+        idx[j] = (2 * lane(j, base, n, nf3)) as i16;
         j += 1;
     }
     idx
 }
 
-/// The word permute that builds an NF3 table from the low words of dword lanes `base..base + 8`
-/// for the word kernels' index layout (`avx512_nf::code_block`): code bits 0-1 in index bits 0-1,
-/// code bit 2 in index bit 3, index bits 2 and 4 ignored.
-const fn expand_w3(base: usize) -> [i16; 32] {
-    let mut idx = [0i16; 32];
-    let mut j = 0;
-    while j < 32 {
-        idx[j] = (2 * (base + (j & 3) + 4 * ((j >> 3) & 1))) as i16;
-        j += 1;
-    }
-    idx
-}
-
-const NF4_B: [i8; 64] = expand(0, 16);
-const NF3_B: [[i8; 64]; 2] = [expand3(0), expand3(8)];
-const NF4_W: [i16; 32] = expand_w(0, 16);
-const NF3_W: [[i16; 32]; 2] = [expand_w3(0), expand_w3(8)];
+const NF4_B: [i8; 64] = bytes(0, 16, false);
+const NF3_B: [[i8; 64]; 2] = [bytes(0, 8, true), bytes(8, 8, true)];
+const NF4_W: [i16; 32] = words(0, 16, false);
+const NF3_W: [[i16; 32]; 2] = [words(0, 8, true), words(8, 8, true)];
 
 #[inline(always)]
 unsafe fn load<T>(a: &T) -> __m512i {
@@ -100,7 +80,7 @@ impl Levels {
 }
 
 /// The tables of `TW` groups of `R` rows, and their segment factors for `C` inputs. `BYTES`: byte
-/// tables of each entry plus 128 for `vpermb` (NF3 in `expand3`'s index layout) and 8-bit
+/// tables of each entry plus 128 for `vpermb` and 8-bit
 /// activations (`X = 256 h`); otherwise word tables for `vpermw`.
 pub(super) struct Window<const R: usize, const C: usize, const BYTES: bool> {
     pub tab: [[__m512i; R]; TW],
