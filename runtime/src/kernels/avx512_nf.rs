@@ -4,8 +4,9 @@
 //!
 //! A 16-bit word of packed codes holds the codes of two neighbouring elements (bytes `2k` and
 //! `2k + 1` of a lane), and `vpermw` on 256-bit registers reads only the low 4 bits of each index
-//! word. So one shift of the code lane per lookup puts a code in those bits, the bits above are
-//! ignored, and NF3's garbage 4th bit selects a second copy of its 8 levels. A lookup yields the
+//! word (5 on 512-bit registers). So one shift of the code lane per lookup puts a code in those
+//! bits and the bits above are ignored; NF3's code keeps its high bit in index bit 3, and the
+//! tables (`avx512_nf_window`) repeat its levels over the garbage bits 2 and 4. A lookup yields the
 //! even or the odd elements of 32 consecutive weights; the activations are stored in that order
 //! (`nf_int::pair_order`). This replaces the exact f32 method (`vpermps` and FMA on 16 floats, 2.1x
 //! the time of the INT kernels per weight) with 16 weights per `vpdpwssd`.
