@@ -77,29 +77,7 @@ unsafe fn rows<const B: u32, const G: usize>(
             }
         };
     }
-    let mut k = k0;
-    while k + 2 <= k1 {
-        let mut r = r0;
-        while r + 2 <= r1 {
-            tile!(2, 2, r, k);
-            r += 2;
-        }
-        if r < r1 {
-            tile!(1, 2, r, k);
-        }
-        k += 2;
-    }
-    if k < k1 {
-        let mut r = r0;
-        while r + 4 <= r1 {
-            tile!(4, 1, r, k);
-            r += 4;
-        }
-        while r < r1 {
-            tile!(1, 1, r, k);
-            r += 1;
-        }
-    }
+    nf_tiles!(tile, k0, k1, r0, r1);
 }
 
 /// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: the low bits in

@@ -47,29 +47,12 @@ pub(super) unsafe fn rows<const B: u32, const G: usize>(
     if G < 64 {
         unreachable!("byte NF kernel for groups of {G}");
     }
-    let mut k = k0;
-    while k + 2 <= k1 {
-        let mut r = r0;
-        while r + 2 <= r1 {
-            block::<B, G, 2, 2>(p, act, r, k, y, ys);
-            r += 2;
-        }
-        if r < r1 {
-            block::<B, G, 1, 2>(p, act, r, k, y, ys);
-        }
-        k += 2;
+    macro_rules! tile {
+        ($r:literal, $c:literal, $r0:expr, $k:expr) => {
+            block::<B, G, $r, $c>(p, act, $r0, $k, y, ys)
+        };
     }
-    if k < k1 {
-        let mut r = r0;
-        while r + 4 <= r1 {
-            block::<B, G, 4, 1>(p, act, r, k, y, ys);
-            r += 4;
-        }
-        while r < r1 {
-            block::<B, G, 1, 1>(p, act, r, k, y, ys);
-            r += 1;
-        }
-    }
+    nf_tiles!(tile, k0, k1, r0, r1);
 }
 
 /// The lookup indices of the chunk at `cp`: weights 0-63, then 64-127, in order. NF4: the code

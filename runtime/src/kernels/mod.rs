@@ -54,6 +54,39 @@ macro_rules! unroll {
     };
 }
 
+/// The AVX-512 NF kernels' tiling of rows `r0..r1` x inputs `k0..k1`: 2 rows x 2 inputs while two
+/// inputs remain, then 4 rows (and single rows) for the last input. `$tile!(R, C, r, k)` runs one
+/// tile.
+#[cfg(target_arch = "x86_64")]
+macro_rules! nf_tiles {
+    ($tile:ident, $k0:expr, $k1:expr, $r0:expr, $r1:expr) => {{
+        let (k1, r1) = ($k1, $r1);
+        let mut k = $k0;
+        while k + 2 <= k1 {
+            let mut r = $r0;
+            while r + 2 <= r1 {
+                $tile!(2, 2, r, k);
+                r += 2;
+            }
+            if r < r1 {
+                $tile!(1, 2, r, k);
+            }
+            k += 2;
+        }
+        if k < k1 {
+            let mut r = $r0;
+            while r + 4 <= r1 {
+                $tile!(4, 1, r, k);
+                r += 4;
+            }
+            while r < r1 {
+                $tile!(1, 1, r, k);
+                r += 1;
+            }
+        }
+    }};
+}
+
 /// The entry point of an integer NF kernel: call the instance of its generic
 /// `rows::<BITS, GROUP>` that fits the matrix (NF3 or NF4, groups of 32 to 256).
 #[cfg(target_arch = "x86_64")]
