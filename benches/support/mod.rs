@@ -27,7 +27,6 @@ use bd_runtime::kernels::{Kernels, Scratch, Weight, WeightData};
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, GgmlType as CandleBlock, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use rayon::prelude::*;
 use rayon::ThreadPool;
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -668,54 +667,11 @@ pub fn read_probe_buffer(bytes: usize) -> Vec<u64> {
     (0..bytes / 8).map(|i| i as u64 | 1).collect()
 }
 
-/// Seconds to read `buf` once with `pool`'s threads (each its own contiguous part).
+/// Seconds to read `buf` once with `pool`'s threads (each its own contiguous part): the faster
+/// of one stream and eight per thread, with the widest loads the CPU has (`bd_runtime::probe`,
+/// the same probe `bd-run bench` takes).
 pub fn read_pass(buf: &[u64], pool: &ThreadPool) -> f64 {
-    let per = buf.len().div_ceil(pool.current_num_threads());
-    let t = Instant::now();
-    let s: u64 = pool.install(|| buf.par_chunks(per).map(sum_u64).reduce(|| 0, u64::wrapping_add));
-    let e = t.elapsed().as_secs_f64();
-    black_box(s);
-    e
-}
-
-/// Streams one thread reads at once. A single sequential stream leaves this machine's memory
-/// parallelism unused (one Zen 4 core: ~19.5 GB/s with one stream, ~25 GB/s with 8, measured with
-/// AVX2 loads and no other load); kernels that walk several rows at once get the latter, so the
-/// probe does too, and the "% of read bandwidth" targets are against the higher figure.
-pub const READ_STREAMS: usize = 8;
-
-/// Sum of `x` read as [`READ_STREAMS`] interleaved sequential streams (64 bytes of each per step).
-#[inline(always)]
-fn sum_streams_generic(x: &[u64]) -> u64 {
-    let part = x.len() / READ_STREAMS / 8 * 8;
-    let mut acc = [[0u64; 8]; READ_STREAMS];
-    let mut i = 0;
-    while i < part {
-        for (s, a) in acc.iter_mut().enumerate() {
-            let c = &x[s * part + i..s * part + i + 8];
-            for l in 0..8 {
-                a[l] = a[l].wrapping_add(c[l]);
-            }
-        }
-        i += 8;
-    }
-    let tail = x[READ_STREAMS * part..].iter().fold(0u64, |a, &v| a.wrapping_add(v));
-    acc.iter().flatten().fold(tail, |a, &v| a.wrapping_add(v))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_streams_avx2(x: &[u64]) -> u64 {
-    sum_streams_generic(x)
-}
-
-fn sum_u64(x: &[u64]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { sum_streams_avx2(x) };
-    }
-    sum_streams_generic(x)
+    pool.install(|| bd_runtime::probe::read_pass(buf))
 }
 
 /// The kernel ISA ours run with, and what ggml was compiled with.

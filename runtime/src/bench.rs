@@ -1,9 +1,10 @@
 //! `bd-run bench`: prompt and generation speed like llama-bench, next to the speed the machine's
 //! memory bandwidth allows. Decoding streams every weight once per token, so
 //! `bandwidth / bytes_per_token` bounds generation speed; the bench measures that bandwidth itself,
-//! with the same threads, so the two numbers are comparable.
+//! with the same threads ([`crate::probe`]), so the two numbers are comparable.
 
 use crate::error::Result;
+use crate::probe::StreamProbe;
 use crate::sampler::Rng;
 use crate::session::Session;
 use rayon::prelude::*;
@@ -62,10 +63,10 @@ pub fn run(session: &mut Session, pp: usize, tg: usize, reps: usize, seed: u64) 
             }
             best_tg = best_tg.min(t.elapsed().as_secs_f64());
         }
-        best_pass = best_pass.min(session.with_pool(|s| probe.pass(s.threads())));
+        best_pass = best_pass.min(session.with_pool(|_| probe.pass()));
     }
     for _ in reps.max(1)..5 {
-        best_pass = best_pass.min(session.with_pool(|s| probe.pass(s.threads())));
+        best_pass = best_pass.min(session.with_pool(|_| probe.pass()));
     }
     session.reset();
     let bandwidth = probe.bytes() as f64 / best_pass;
@@ -81,32 +82,6 @@ pub fn run(session: &mut Session, pp: usize, tg: usize, reps: usize, seed: u64) 
         bandwidth_bound_tokens_per_s: bandwidth / bytes_per_token as f64,
         threads: session.threads(),
     })
-}
-
-/// A streaming read of `bytes` of memory, split over the calling pool's threads.
-pub struct StreamProbe {
-    buf: Vec<u64>,
-}
-
-impl StreamProbe {
-    pub fn new(bytes: usize) -> Self {
-        // Non-zero contents: untouched zeroed pages all map the same physical page, which is read
-        // from cache.
-        Self { buf: vec![1u64; bytes / 8] }
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.buf.len() * 8
-    }
-
-    /// Seconds one pass takes with `threads` rayon tasks (call it inside the pool to be measured).
-    pub fn pass(&self, threads: usize) -> f64 {
-        let per_task = self.buf.len().div_ceil(threads.max(1));
-        let t = Instant::now();
-        let sum: u64 = self.buf.par_chunks(per_task).map(sum_u64).sum();
-        std::hint::black_box(sum);
-        t.elapsed().as_secs_f64()
-    }
 }
 
 /// What one matrix product pays for splitting its rows over `threads` rayon tasks: each task gets the
@@ -137,17 +112,4 @@ pub fn handoff_ns(threads: usize) -> f64 {
     }
     let alone = t.elapsed().as_secs_f64() / 2000.0;
     ((parallel - alone) * 1e9).max(0.0)
-}
-
-/// Eight independent sums, so the loop is bound by loads rather than by one chain of additions.
-fn sum_u64(x: &[u64]) -> u64 {
-    let mut acc = [0u64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            acc[i] = acc[i].wrapping_add(c[i]);
-        }
-    }
-    let tail = chunks.remainder().iter().fold(0u64, |a, &v| a.wrapping_add(v));
-    acc.iter().fold(tail, |a, &v| a.wrapping_add(v))
 }

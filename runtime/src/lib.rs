@@ -15,6 +15,7 @@ pub mod info;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;
+pub mod probe;
 pub mod sampler;
 pub mod session;
 pub mod synthetic;
