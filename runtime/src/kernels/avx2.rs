@@ -7,7 +7,7 @@
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
-use super::x86_int::prefetch;
+use super::x86_int::prefetch_chunk;
 use bd_formats::quant::{PackedMatrix, CHUNK, NF3_LEVELS, NF4_LEVELS};
 use std::arch::x86_64::*;
 
@@ -144,8 +144,7 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
             // Code bytes 8 at a time, zero-extended: int3 low lane (4) and high plane (2); int4 8.
             let cp = codes[r].add(cc * cb);
             // The same chunk of the next block of rows (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(R * l.row_code_bytes));
-            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+            prefetch_chunk(cp.wrapping_add(R * l.row_code_bytes), cc, cb);
             let mut src = [_mm256_setzero_si256(); 8];
             for (i, s) in src.iter_mut().enumerate().take(if B == 3 { 6 } else { 8 }) {
                 *s = _mm256_cvtepu8_epi32(_mm_loadl_epi64(cp.add(8 * i) as *const __m128i));

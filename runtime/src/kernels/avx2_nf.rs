@@ -14,7 +14,7 @@
 
 use super::act::{segs_per_chunk, ActQ};
 use super::nf_int::{group_factors, levels16};
-use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch, prefetch_range};
+use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -147,8 +147,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
             let cp = codes[r].add(cc * cb);
             raw[r] = load_raw::<B>(cp);
             // The same chunk 4 rows ahead (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(PF_ROWS * l.row_code_bytes));
-            prefetch(cp.wrapping_add(PF_ROWS * l.row_code_bytes + cb - 1));
+            prefetch_chunk(cp.wrapping_add(PF_ROWS * l.row_code_bytes), cc, cb);
         }
         unroll!(j in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * j;

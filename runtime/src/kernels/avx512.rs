@@ -10,7 +10,7 @@
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
-use super::x86_int::prefetch;
+use super::x86_int::prefetch_chunk;
 use bd_formats::quant::{PackedMatrix, CHUNK, NF3_LEVELS, NF4_LEVELS};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -153,8 +153,7 @@ unsafe fn nf_block<const B: u32, const R: usize, const C: usize>(
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
             // The same chunk of the next block of rows (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(R * l.row_code_bytes));
-            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+            prefetch_chunk(cp.wrapping_add(R * l.row_code_bytes), cc, cb);
             for (i, s) in src[r].iter_mut().enumerate().take(if B == 3 { 3 } else { 4 }) {
                 *s = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(16 * i) as *const __m128i));
             }

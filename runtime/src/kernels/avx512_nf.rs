@@ -18,7 +18,7 @@ use super::act::{segs_per_chunk, ActQ};
 use super::avx512_nf8::{indices as nf8_indices, rows as nf8_rows};
 use super::avx512_nf_window::{Levels, Window};
 use super::nf_int::{pair_offset, tmax, TMAX8};
-use super::x86_int::{prefetch, prefetch_range};
+use super::x86_int::{prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -190,8 +190,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
             // The same chunk of the next block of rows (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(R * l.row_code_bytes));
-            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+            prefetch_chunk(cp.wrapping_add(R * l.row_code_bytes), cc, cb);
         }
         // A loop, not `from_fn`: a closure is not always inlined, and its intrinsics then become
         // calls (measured 15x slower).
@@ -286,8 +285,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 _mm256_loadu_si256(cp.add(32) as *const __m256i)
             };
             // The same chunk of the next block of rows (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(R * l.row_code_bytes));
-            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+            prefetch_chunk(cp.wrapping_add(R * l.row_code_bytes), cc, cb);
         }
         unroll!(t in [0, 1, 2, 3] {
             let e = cc * CHUNK + 32 * t;

@@ -23,7 +23,7 @@
 use super::act::{segs_per_chunk, ActQ};
 use super::avx512_nf_window::{Levels, Window};
 use super::nf_int::TMAX8;
-use super::x86_int::{prefetch, prefetch_range};
+use super::x86_int::{prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -120,8 +120,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
             // The same chunk of the next block of rows (see x86_int::prefetch).
-            prefetch(cp.wrapping_add(R * l.row_code_bytes));
-            prefetch(cp.wrapping_add(R * l.row_code_bytes + cb - 1));
+            prefetch_chunk(cp.wrapping_add(R * l.row_code_bytes), cc, cb);
         }
         let mut xv = [[_mm512_setzero_si512(); 2]; C];
         for k in 0..C {

@@ -342,6 +342,19 @@ pub(super) unsafe fn prefetch(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T2>(p as *const i8);
 }
 
+/// Ask for chunk `cc` (`cb` bytes at `p`) of a row into L2, where the row's chunks are
+/// contiguous: the line of the chunk's last byte only, since the line of its first byte is either
+/// that one or the previous chunk's last (the first chunk asks for both). The NF kernels take it:
+/// half the prefetches of asking for both ends of every chunk, nf3 8-bit 0.0149 -> 0.0147 and nf4
+/// 8-bit 0.0157 -> 0.0148 ns/weight (L2-resident); the INT kernels keep their own (no gain).
+#[inline(always)]
+pub(super) unsafe fn prefetch_chunk(p: *const u8, cc: usize, cb: usize) {
+    if cc == 0 {
+        prefetch(p);
+    }
+    prefetch(p.wrapping_add(cb - 1));
+}
+
 /// Ask for every cache line of `bytes` bytes from `p` into L2: the group parameters of the next
 /// block of rows, which are contiguous over its rows (one line per row left most of them to
 /// demand misses once a row's parameters spanned several lines: 11008 columns, or NF's two scales
