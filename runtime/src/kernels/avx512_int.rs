@@ -92,9 +92,30 @@ unsafe fn factors<const SEGS: usize>(fb: *const f32, a: usize, b: usize, c: usiz
 }
 
 /// The zero points of groups `g..g + n` (`n <= 16`) of a row's packed `B`-bit zero stream as f32,
-/// lanes past `n` zero. The masked load reads only the bytes those groups use.
+/// lanes past `n` zero. Only the bytes those groups use are read.
 #[inline(always)]
 unsafe fn zeros16<const B: u32>(z: *const u8, g: usize, n: usize) -> __m512 {
+    if n == 16 {
+        // 16 whole groups (g is a multiple of 16, so they start on a byte): two 32-bit broadcast
+        // loads, lanes 0-7 from the first and 8-15 from the second, instead of a trip through
+        // a general register (int2 0.0071 -> 0.0069 ns/weight, L2-resident). Both loads stay
+        // within the 2B bytes of these groups.
+        let at = g * B as usize / 8;
+        let (hi_at, hi_shift) = match B {
+            2 => (at, 16),
+            3 => (at + 2, 8),
+            _ => (at + 4, 0),
+        };
+        let lo = (z.add(at) as *const i32).read_unaligned();
+        let hi = (z.add(hi_at) as *const i32).read_unaligned();
+        let v = _mm512_mask_set1_epi32(_mm512_set1_epi32(lo), 0xFF00, hi);
+        // Lane i < 8 holds group i at bit B i of `lo`; lane 8 + i group 8 + i at bit
+        // hi_shift + B i of `hi`.
+        let sh: [i32; 16] =
+            std::array::from_fn(|i| if i < 8 { B as i32 * i as i32 } else { hi_shift + B as i32 * (i as i32 - 8) });
+        let sh = _mm512_loadu_si512(sh.as_ptr() as *const __m512i);
+        return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(v, sh), _mm512_set1_epi32((1 << B) - 1)));
+    }
     let b = B as usize;
     let bytes = (n * b).div_ceil(8);
     let u = _mm_cvtsi128_si64(_mm_maskz_loadu_epi8(((1u32 << bytes) - 1) as __mmask16, z.add(g * b / 8) as *const i8)) as u64;
