@@ -9,7 +9,7 @@
 //! Which wins depends on the core: a Zen 4 core read ~25 GB/s with 8 streams against ~19.5 with
 //! one (AVX2 loads); a Zen 5 core reads ~38 GB/s with one stream of 512-bit loads against ~34.5
 //! with 8 of 256-bit loads, and a sum compiled for the x86-64 baseline (128-bit loads) read ~15%
-//! less than the 512-bit one (docs/BENCHMARKS.md, 2026-12-02 21:40 UTC).
+//! less than the 512-bit one (docs/BENCHMARKS.md, the run of 2026-12-02 21:30 UTC).
 
 use rayon::prelude::*;
 use std::time::Instant;
