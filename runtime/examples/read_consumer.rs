@@ -1,6 +1,7 @@
 //! How close to the read probe can a loop get that computes on what it reads?
 //!
 //! `cargo run --release -p bd-runtime --example read_consumer [-- --rounds 10] [--w 1,4,16]`
+//! `cargo run --release -p bd-runtime --example read_consumer -- --kernel int2[,a8] [--rounds 10]`
 //!
 //! The kernels' "% of read bandwidth" is measured against a plain read ([`bd_runtime::probe`]).
 //! This example puts the smallest possible kernel next to it: it reads the same 1 GiB and feeds
@@ -9,6 +10,11 @@
 //! and is reported as a fraction of their mean, so that the host's bandwidth drifting from
 //! second to second cancels out. The consumer's rate on a 16 MiB buffer (in L3) shows that its
 //! arithmetic alone is far faster than memory. x86-64 with AVX-512 VNNI only.
+//!
+//! With `--kernel FORMAT` the same sandwich holds our matrix-vector kernel instead
+//! (`Kernels::detect`, group 128, `,a8` for 8-bit activations) over a set of 4096x4096 and
+//! 11008x4096 matrices of about 256 MiB, far beyond the last-level cache: a DRAM figure that the
+//! host's drift disturbs less than `kernel_compare`'s medians do.
 
 #[cfg(target_arch = "x86_64")]
 mod consumer {
@@ -51,6 +57,72 @@ mod consumer {
 
     fn plain(buf: &[u64]) -> f64 {
         (buf.len() * 8) as f64 / bd_runtime::probe::read_pass(buf) / 1e9
+    }
+
+    /// Our kernel over `mats` (each once), sandwiched like the consumer: GB/s of weight bytes
+    /// per pass, as a fraction of the probe around it.
+    pub fn run_kernel(spec: &str, rounds: usize) {
+        use bd_formats::quant::{pack_matrix, PackedLayout, PackedMatrix, QuantFormat};
+        use bd_runtime::kernels::{Kernels, Scratch, Weight, WeightData};
+        let (name, a8) = match spec.split_once(',') {
+            Some((n, opt)) => (n, opt == "a8"),
+            None => (spec, false),
+        };
+        let format = QuantFormat::parse(name).expect("--kernel: a quantized format, e.g. int2");
+        let kernels = Kernels::detect().with_act8(a8);
+        let big: Vec<u64> = (0..(1usize << 27) as u64).map(|i| i | 1).collect();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+        };
+        for (rows, cols) in [(4096usize, 4096usize), (11008, 4096)] {
+            let layout = PackedLayout::new(format, 128, rows, cols).expect("layout");
+            let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+            let blob = pack_matrix(format, 128, rows, cols, &w).expect("pack");
+            let copies = ((256usize << 20) / blob.len()).max(2);
+            let blobs: Vec<Vec<u8>> = (0..copies).map(|_| blob.clone()).collect();
+            let mats: Vec<Weight> = blobs
+                .iter()
+                .map(|b| Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, b).expect("matrix")) })
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|_| rnd() * 50.0).collect();
+            let mut y = vec![0f32; rows];
+            let mut scratch = Scratch::new(cols, 1);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+                pool.install(|| {
+                    let mut pass = || {
+                        let t = Instant::now();
+                        for m in &mats {
+                            kernels.matvec(m, &x, &mut y, &mut scratch);
+                        }
+                        (copies * blob.len()) as f64 / t.elapsed().as_secs_f64() / 1e9
+                    };
+                    pass();
+                    let (mut frac, mut gb, mut probe) = (0f64, 0f64, 0f64);
+                    for _ in 0..rounds {
+                        let a = plain(&big);
+                        let k = pass();
+                        let b = plain(&big);
+                        frac += k / ((a + b) / 2.0);
+                        gb += k;
+                        probe += (a + b) / 2.0;
+                    }
+                    let n = rounds as f64;
+                    println!(
+                        "{} {format}{} {rows}x{cols}, {threads} thread(s): {:.1} GB/s, {:.0}% of the probe around it ({:.1} GB/s)",
+                        kernels.describe(),
+                        if a8 { " a8" } else { "" },
+                        gb / n,
+                        100.0 * frac / n,
+                        probe / n
+                    );
+                });
+            }
+        }
     }
 
     pub fn supported() -> bool {
@@ -101,9 +173,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').filter_map(|w| w.parse().ok()).collect())
         .unwrap_or(vec![1, 4, 16]);
+    let kernel = args.iter().position(|a| a == "--kernel").and_then(|i| args.get(i + 1));
     #[cfg(target_arch = "x86_64")]
     if consumer::supported() {
-        consumer::run(rounds, &ws);
+        match kernel {
+            Some(spec) => consumer::run_kernel(spec, rounds),
+            None => consumer::run(rounds, &ws),
+        }
         return;
     }
     eprintln!("read_consumer: needs x86-64 with AVX-512 VNNI");
