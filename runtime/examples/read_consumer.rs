@@ -164,21 +164,18 @@ mod consumer {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds =
-        args.iter().position(|a| a == "--rounds").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(10);
-    let ws: Vec<usize> = args
-        .iter()
-        .position(|a| a == "--w")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.split(',').filter_map(|w| w.parse().ok()).collect())
-        .unwrap_or(vec![1, 4, 16]);
-    let kernel = args.iter().position(|a| a == "--kernel").and_then(|i| args.get(i + 1));
     #[cfg(target_arch = "x86_64")]
     if consumer::supported() {
-        match kernel {
+        let args: Vec<String> = std::env::args().collect();
+        let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+        let rounds = arg("--rounds").and_then(|v| v.parse().ok()).unwrap_or(10);
+        match arg("--kernel") {
             Some(spec) => consumer::run_kernel(spec, rounds),
-            None => consumer::run(rounds, &ws),
+            None => {
+                let ws: Vec<usize> =
+                    arg("--w").map(|v| v.split(',').filter_map(|w| w.parse().ok()).collect()).unwrap_or(vec![1, 4, 16]);
+                consumer::run(rounds, &ws)
+            }
         }
         return;
     }
