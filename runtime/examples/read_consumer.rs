@@ -5,8 +5,8 @@
 //!
 //! The kernels' "% of read bandwidth" is measured against a plain read ([`bd_runtime::probe`]).
 //! This example puts the smallest possible kernel next to it: it reads the same 1 GiB and feeds
-//! every 64-byte line to `W` dependent `vpdpbusd` (by default W = 1, 4 and 16), on 1 and 2 threads, with and
-//! without a software prefetch 8 KiB ahead. Each consumer pass sits between two plain passes,
+//! every 64-byte line to `W` dependent `vpdpbusd` (by default W = 1, 4 and 16), on 1 and 2
+//! threads, with and without a software prefetch 8 KiB ahead. Each consumer pass sits between two plain passes,
 //! and is reported as a fraction of their mean, so that the host's bandwidth drifting from
 //! second to second cancels out. The consumer's rate on a 16 MiB buffer (in L3) shows that its
 //! arithmetic alone is far faster than memory. x86-64 with AVX-512 VNNI only.
@@ -55,6 +55,17 @@ mod consumer {
         buf.len() as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
+    /// A line on stdout; a closed pipe (`| head`) ends the output quietly rather than panicking.
+    fn say(line: String) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
+
+    /// 1 GiB of non-zero values (zeroed pages would all map one physical page).
+    fn probe_buffer() -> Vec<u64> {
+        (0..(1usize << 27) as u64).map(|i| i | 1).collect()
+    }
+
     fn plain(buf: &[u64]) -> f64 {
         (buf.len() * 8) as f64 / bd_runtime::probe::read_pass(buf) / 1e9
     }
@@ -70,7 +81,7 @@ mod consumer {
         };
         let format = QuantFormat::parse(name).expect("--kernel: a quantized format, e.g. int2");
         let kernels = Kernels::detect().with_act8(a8);
-        let big: Vec<u64> = (0..(1usize << 27) as u64).map(|i| i | 1).collect();
+        let big = probe_buffer();
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
         let mut rnd = move || {
             seed ^= seed << 13;
@@ -112,14 +123,14 @@ mod consumer {
                         probe += (a + b) / 2.0;
                     }
                     let n = rounds as f64;
-                    println!(
+                    say(format!(
                         "{} {format}{} {rows}x{cols}, {threads} thread(s): {:.1} GB/s, {:.0}% of the probe around it ({:.1} GB/s)",
                         kernels.describe(),
                         if a8 { " a8" } else { "" },
                         gb / n,
                         100.0 * frac / n,
                         probe / n
-                    );
+                    ));
                 });
             }
         }
@@ -130,7 +141,7 @@ mod consumer {
     }
 
     pub fn run(rounds: usize, ws: &[usize]) {
-        let big: Vec<u64> = (0..(1usize << 27) as u64).map(|i| i | 1).collect();
+        let big = probe_buffer();
         // SAFETY: any initialised u64 memory is valid as bytes.
         let bytes = unsafe { std::slice::from_raw_parts(big.as_ptr() as *const u8, big.len() * 8) };
         let small = &bytes[..16 << 20];
@@ -150,13 +161,13 @@ mod consumer {
                         }
                     }
                     let n = rounds as f64;
-                    println!(
+                    say(format!(
                         "{threads} thread(s), W = {w}: consumer in L3 {l3:.1} GB/s; plain read {:.1} GB/s; consumer from DRAM \
                          {:.0}% of it without prefetch, {:.0}% with a T2 prefetch 8 KiB ahead",
                         plain_sum / (2.0 * n),
                         100.0 * frac[0] / n,
                         100.0 * frac[1] / n
-                    );
+                    ));
                 }
             });
         }
