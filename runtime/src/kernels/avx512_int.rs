@@ -13,14 +13,14 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::ActQ;
-use super::x86_int::{chunk_bytes, hsum, load_raw, prefetch, prefetch_range, MAX_TILE, WCH, WSEG};
+use super::x86_int::{chunk_bytes, hsum, load_raw, prefetch, prefetch_range, FB_SLOTS, MAX_TILE, WCH, WSEG};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
 /// Rows `r` and `r + 1` side by side.
 #[inline(always)]
-unsafe fn pair(a: __m256i, b: __m256i) -> __m512i {
+pub(super) unsafe fn pair(a: __m256i, b: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
 }
 
@@ -45,7 +45,7 @@ unsafe fn field2<const GF: bool>(w: __m512i, j: usize) -> __m512i {
 /// `x86_int::field` on a pair of rows: the codes of weights `32j..32j+31` of a chunk, one per
 /// byte.
 #[inline(always)]
-unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> __m512i {
+pub(super) unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> __m512i {
     match B {
         2 => field2::<GF>(raw[0], j),
         4 => {
@@ -74,10 +74,11 @@ unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> _
     }
 }
 
-/// The factors of field `j` of chunk `c` of the window for rows `a` and `b` (`fb`: the window's
-/// factors, `x86_int::prep`), laid out as the accumulator lanes.
+/// The factors of field `j` of chunk `c` of the window in slots `a` and `b` of `fb` (the
+/// window's factors, `prep512`: slot `r * C + k` for row `r`, input `k`), laid out as the
+/// accumulator lanes of a pair of rows.
 #[inline(always)]
-unsafe fn factors<const SEGS: usize>(fb: *const f32, a: usize, b: usize, c: usize, j: usize) -> __m512 {
+pub(super) unsafe fn factors<const SEGS: usize>(fb: *const f32, a: usize, b: usize, c: usize, j: usize) -> __m512 {
     let (fa, fbb) = (fb.add(a * WSEG + c * SEGS), fb.add(b * WSEG + c * SEGS));
     if SEGS == 8 {
         // Lanes 0-3 of each row hold weights 32j..32j+15 (group 2j of the chunk), 4-7 group 2j+1.
@@ -128,49 +129,57 @@ unsafe fn zeros16<const B: u32>(z: *const u8, g: usize, n: usize) -> __m512 {
     _mm512_maskz_cvtepi32_ps(((1u32 << n) - 1) as __mmask16, q)
 }
 
-/// `x86_int::prep` for one input on 512-bit registers: 16 groups per step, and masked loads
+/// `x86_int::prep` on 512-bit registers: 16 groups per step, and masked loads
 /// instead of its bounds checks (a masked-off lane never faults), so a step has no branch. The
 /// AVX2 version took ~20% of the int2 pair kernel's time on Zen 5 (measured by running it twice).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn prep512<const B: u32, const R: usize>(
+pub(super) unsafe fn prep512<const B: u32, const R: usize, const C: usize>(
     scales: &[*const u16; R],
     zeros: &[*const u8; R],
-    dseg: *const f32,
-    gx: *const f32,
+    dseg: &[*const f32; C],
+    gx: &[*const f32; C],
     (g_lo, g_hi): (usize, usize),
     seg0: usize,
     cpg_shift: usize,
     fb: *mut f32,
-    corr: &mut [[__m256; 1]; R],
+    corr: &mut [[__m256; C]; R],
 ) {
     for r in 0..R {
-        let mut acc = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); C];
         let mut g = g_lo;
         while g < g_hi {
             let n = (g_hi - g).min(16);
             let m = ((1u32 << n) - 1) as __mmask16;
             let sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scales[r].add(g) as *const i16));
             let sz = _mm512_mul_ps(sv, zeros16::<B>(zeros[r], g, n));
-            acc = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, gx.add(g)), acc);
-            if cpg_shift == 0 {
-                let d = _mm512_maskz_loadu_ps(m, dseg.add(g));
-                _mm512_storeu_ps(fb.add(r * WSEG + g - seg0), _mm512_mul_ps(sv, d));
-            } else {
-                // Groups of 256: two chunk segments per group.
-                let s = 2 * g - seg0;
-                let lo = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), sv);
-                let hi = _mm512_permutexvar_ps(_mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), sv);
-                let (m0, m1) = (((1u64 << (2 * n)) - 1) as __mmask16, (((1u64 << (2 * n)) - 1) >> 16) as __mmask16);
-                _mm512_storeu_ps(fb.add(r * WSEG + s), _mm512_mul_ps(lo, _mm512_maskz_loadu_ps(m0, dseg.add(2 * g))));
-                _mm512_storeu_ps(fb.add(r * WSEG + s + 16), _mm512_mul_ps(hi, _mm512_maskz_loadu_ps(m1, dseg.add(2 * g + 16))));
+            for k in 0..C {
+                // Slot `r * C + k` of `fb` holds row r's factors for input k.
+                let fs = fb.add((r * C + k) * WSEG);
+                acc[k] = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, gx[k].add(g)), acc[k]);
+                if cpg_shift == 0 {
+                    let d = _mm512_maskz_loadu_ps(m, dseg[k].add(g));
+                    _mm512_storeu_ps(fs.add(g - seg0), _mm512_mul_ps(sv, d));
+                } else {
+                    // Groups of 256: two chunk segments per group.
+                    let s = 2 * g - seg0;
+                    let lo = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), sv);
+                    let hi =
+                        _mm512_permutexvar_ps(_mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), sv);
+                    let (m0, m1) = (((1u64 << (2 * n)) - 1) as __mmask16, (((1u64 << (2 * n)) - 1) >> 16) as __mmask16);
+                    _mm512_storeu_ps(fs.add(s), _mm512_mul_ps(lo, _mm512_maskz_loadu_ps(m0, dseg[k].add(2 * g))));
+                    _mm512_storeu_ps(fs.add(s + 16), _mm512_mul_ps(hi, _mm512_maskz_loadu_ps(m1, dseg[k].add(2 * g + 16))));
+                }
             }
             g += 16;
         }
-        let a = _mm512_castps_pd(acc);
-        let folded = _mm256_add_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(a)), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(a)));
-        corr[r][0] = _mm256_add_ps(corr[r][0], folded);
+        for k in 0..C {
+            let a = _mm512_castps_pd(acc[k]);
+            let folded =
+                _mm256_add_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(a)), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(a)));
+            corr[r][k] = _mm256_add_ps(corr[r][k], folded);
+        }
     }
 }
 
@@ -184,7 +193,7 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize,
     k0: usize,
     y: *mut f32,
     ys: usize,
-    fbuf: &mut [f32; MAX_TILE * WSEG],
+    fbuf: &mut [f32; FB_SLOTS * WSEG],
 ) {
     let np = R / 2;
     let l = &p.layout;
@@ -209,7 +218,7 @@ pub(super) unsafe fn pair_block<const B: u32, const SEGS: usize, const R: usize,
             if SEGS == 1 { (w0 >> cpg_shift, (w0 + wn + cpg_shift) >> cpg_shift) } else { (seg0, seg0 + wn * SEGS) };
         let g_hi = g_hi.min(l.groups);
         let mut corr = [[_mm256_setzero_ps(); 1]; R];
-        prep512::<B, R>(&scales, &zeros, dseg[0], gx[0], (g_lo, g_hi), seg0, cpg_shift, fb, &mut corr);
+        prep512::<B, R, 1>(&scales, &zeros, &dseg, &gx, (g_lo, g_hi), seg0, cpg_shift, fb, &mut corr);
         for i in 0..np {
             let c = _mm512_insertf64x4::<1>(
                 _mm512_castpd256_pd512(_mm256_castps_pd(corr[2 * i][0])),
