@@ -362,55 +362,75 @@ struct AttnShape {
 /// Causal grouped-query attention of `n` queries against the cache of one layer, one head per task.
 /// Query head `h` reads key/value head `h / (heads / kv_heads)`. Writes `[heads][n][hd]` to `out`.
 fn attention(a: &AttnShape, q: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: &mut [f32]) {
-    let (hd, q_dim, kv_dim) = (a.hd, a.heads * a.hd, a.kv_heads * a.hd);
-    let group = a.heads / a.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    scores.par_chunks_mut(a.ctx).zip(out.par_chunks_mut(a.n * hd)).enumerate().for_each(|(h, (sc, out))| {
-        let kv = (h / group) * hd;
-        for (i, o) in out.chunks_exact_mut(hd).enumerate() {
-            let len = a.pos0 + i + 1;
-            let qh = &q[i * q_dim + h * hd..][..hd];
-            let sc = &mut sc[..len];
-            let mut max = f32::NEG_INFINITY;
-            for (s, k) in sc.iter_mut().zip(keys.chunks_exact(kv_dim)) {
-                *s = dot(qh, &k[kv..kv + hd]) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0;
-            for s in sc.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            weighted_sum(sc, values, kv_dim, kv, o);
-            // Weights are normalized once at the end rather than score by score.
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|x| *x *= inv);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = is_x86_feature_detected!("avx2");
+    scores.par_chunks_mut(a.ctx).zip(out.par_chunks_mut(a.n * a.hd)).enumerate().for_each(|(h, (sc, out))| {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { attend_head_avx2(a, h, q, keys, values, sc, out) };
         }
+        attend_head(a, h, q, keys, values, sc, out)
     });
 }
 
-/// `o = sum over t of p[t] * (row t of values)[off..off + o.len()]`, eight dimensions at a time: the
-/// eight sums stay in registers across all positions instead of going through memory at each one.
-fn weighted_sum(p: &[f32], values: &[f32], kv_dim: usize, off: usize, o: &mut [f32]) {
-    let done = o.len() / 8 * 8;
-    for (b, ob) in o.chunks_exact_mut(8).enumerate() {
-        let at = off + 8 * b;
-        let acc = p.iter().zip(values.chunks_exact(kv_dim)).fold([0f32; 8], |mut acc, (&p, v)| {
-            let v: &[f32; 8] = v[at..at + 8].try_into().expect("eight values");
-            for i in 0..8 {
-                acc[i] += p * v[i];
-            }
-            acc
-        });
-        ob.copy_from_slice(&acc);
+/// `attend_head` compiled for AVX2: the baseline x86-64 build vectorizes its loops 4 wide (SSE2),
+/// and at a 512-token prompt attention took 16% of the prefill (perf, Zen 5). The arithmetic is the same
+/// element by element (no FMA contraction), so the results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_head_avx2(a: &AttnShape, h: usize, q: &[f32], keys: &[f32], values: &[f32], sc: &mut [f32], out: &mut [f32]) {
+    attend_head(a, h, q, keys, values, sc, out)
+}
+
+/// Query head `h`'s `n` queries: scores `sc`, output `out` (`[n][hd]`).
+#[inline(always)]
+fn attend_head(a: &AttnShape, h: usize, q: &[f32], keys: &[f32], values: &[f32], sc: &mut [f32], out: &mut [f32]) {
+    let (hd, q_dim, kv_dim) = (a.hd, a.heads * a.hd, a.kv_heads * a.hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kv = (h / (a.heads / a.kv_heads)) * hd;
+    for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+        let len = a.pos0 + i + 1;
+        let qh = &q[i * q_dim + h * hd..][..hd];
+        let sc = &mut sc[..len];
+        let mut max = f32::NEG_INFINITY;
+        for (s, k) in sc.iter_mut().zip(keys.chunks_exact(kv_dim)) {
+            *s = dot(qh, &k[kv..kv + hd]) * scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0.0;
+        for s in sc.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        weighted_sum(sc, values, kv_dim, kv, o);
+        // Weights are normalized once at the end rather than score by score.
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|x| *x *= inv);
     }
-    for d in done..o.len() {
-        o[d] = p.iter().zip(values.chunks_exact(kv_dim)).map(|(&p, v)| p * v[off + d]).sum();
+}
+
+/// `o = sum over t of p[t] * (row t of values)[off..off + o.len()]`, position by position: each
+/// step reads one contiguous row slice and updates `o`, which stays in L1. (Walking every position
+/// for eight dimensions at a time instead read the cache at a stride of a whole row, `kv_dim`
+/// floats: at 4096 that is 16 KiB, which maps every position to the same L1 set. With AVX2, 7B int2
+/// prefill of 512 tokens went from 30.0 to 32.8-33.7 tokens/s on Zen 5, 2 threads.) Each `o[d]` still sums
+/// over the positions in order, so the result is the same.
+#[inline(always)]
+fn weighted_sum(p: &[f32], values: &[f32], kv_dim: usize, off: usize, o: &mut [f32]) {
+    let n = o.len();
+    o.fill(0.0);
+    for (&p, v) in p.iter().zip(values.chunks_exact(kv_dim)) {
+        for (o, &v) in o.iter_mut().zip(&v[off..off + n]) {
+            *o += p * v;
+        }
     }
 }
 
 /// Eight independent partial sums: a single running sum is a chain of dependent additions that the
 /// compiler may not reorder, so it would neither vectorize nor pipeline.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
