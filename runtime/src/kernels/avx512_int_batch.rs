@@ -35,7 +35,7 @@ pub(super) unsafe fn block<const B: u32, const SEGS: usize, const R: usize, cons
     ys: usize,
     fbuf: &mut [f32; FB_SLOTS * WSEG],
 ) {
-    const { assert!(R % 2 == 0 && R / 2 <= MAX_PAIRS && C <= MAX_INPUTS && R * C <= FB_SLOTS) };
+    const { assert!(R.is_multiple_of(2) && R / 2 <= MAX_PAIRS && C <= MAX_INPUTS && R * C <= FB_SLOTS) };
     let np = R / 2;
     let l = &p.layout;
     let nch = l.padded_cols() / CHUNK;
