@@ -141,8 +141,6 @@ mod avx512_float;
 #[cfg(target_arch = "x86_64")]
 mod avx512_int;
 #[cfg(target_arch = "x86_64")]
-mod avx512_int_batch;
-#[cfg(target_arch = "x86_64")]
 mod avx512_nf;
 #[cfg(target_arch = "x86_64")]
 mod avx512_nf8;

@@ -20,7 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::{avx512_int, avx512_int_batch};
+use super::avx512_int;
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -32,7 +32,7 @@ pub(super) const WSEG: usize = WCH * 8;
 /// Largest rows x inputs tile.
 pub(super) const MAX_TILE: usize = 8;
 /// Rows x inputs slots of the window factors buffer: `MAX_TILE`, or 4 x 4 for the AVX-512 batch
-/// tile (`avx512_int_batch`).
+/// tile (`avx512_int::pair_block`).
 pub(super) const FB_SLOTS: usize = 16;
 /// How many row blocks ahead the code prefetches reach.
 const PF: usize = 2;
@@ -171,15 +171,15 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
     let mut fbuf = [0f32; FB_SLOTS * WSEG];
     let mut k = k0;
     // AVX-512, four inputs at a time (prefill): 512-bit pairs of rows, each unpacked field
-    // serving the four inputs (`avx512_int_batch`).
+    // serving the four inputs (`avx512_int::pair_block`).
     while VNNI && k + 4 <= k1 {
         let mut r = r0;
         while r + 4 <= r1 {
-            avx512_int_batch::block::<B, SEGS, 4, 4, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
+            avx512_int::pair_block::<B, SEGS, 4, 4, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
         }
         while r + 2 <= r1 {
-            avx512_int_batch::block::<B, SEGS, 2, 4, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
+            avx512_int::pair_block::<B, SEGS, 2, 4, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
             r += 2;
         }
         while r < r1 {
@@ -212,11 +212,11 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
         let mut r = r0;
         if VNNI {
             while r + 8 <= r1 {
-                avx512_int::pair_block::<B, SEGS, 8, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 8, 1, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
                 r += 8;
             }
             while r + 2 <= r1 {
-                avx512_int::pair_block::<B, SEGS, 2, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
+                avx512_int::pair_block::<B, SEGS, 2, 1, GF, A8>(p, act, r, k, y, ys, &mut fbuf);
                 r += 2;
             }
         }
