@@ -206,7 +206,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             unroll!(odd in [0, 1] {
                 let mut lk = [_mm512_setzero_si512(); R];
                 for r in 0..R {
-                    lk[r] = _mm512_permutexvar_epi16(idx[r][h][odd], win.tab[gi][r]);
+                    lk[r] = _mm512_permutexvar_epi16(idx[r][h][odd], win.words_z(r, gi));
                 }
                 for k in 0..C {
                     let xv = _mm512_loadu_si512(xp[k].add(cc * CHUNK + pair_offset(2 * h, odd)) as *const __m512i);
@@ -292,7 +292,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
             if e.is_multiple_of(G) {
                 gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups, tmax);
                 for r in 0..R {
-                    tab[r] = _mm512_castsi512_si256(win.tab[gi][r]);
+                    tab[r] = win.words_y(r, gi);
                 }
             }
             let mut cw = [_mm256_setzero_si256(); R];

@@ -153,7 +153,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 }
             }
             for r in 0..R {
-                let lk = _mm512_permutexvar_epi8(ix[r][h], win.tab[gi][r]);
+                let lk = _mm512_permutexvar_epi8(ix[r][h], win.bytes_z(r, gi));
                 for k in 0..C {
                     acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], lk, xv[k][h]);
                 }

@@ -4,9 +4,12 @@
 //! Per row, one masked load and conversion of the 16 groups' `[pos, neg]` scales, one division
 //! for `inv = tmax / m` and one product for the factors `m / tmax`, then per group (two groups per
 //! FMA for NF3's 8 levels) `fma(L, s inv, 1.5 * 2^23)`, which rounds the exact product half to
-//! even and leaves the integer in the lane's low bits, and a permute that repeats those low
-//! words (or bytes) over a register: the arithmetic of `nf_int::group_factors` and
-//! `nf_int::table_entry`. Building one group at a time for all rows instead (one division, one
+//! even and leaves the integer in the lane's low bits, and a permute that packs those low words
+//! (or bytes) of 2 or 4 groups into one store of their table patterns: the arithmetic of
+//! `nf_int::group_factors` and `nf_int::table_entry`. The kernels broadcast a pattern over a
+//! register as they load it. Building the tables was ~40% of the byte kernel's time when each
+//! group's table was a permute and a 64-byte store of the whole replicated register; packed, nf3
+//! g128 with 8-bit activations ran 1.14x faster (`kernel_speed --where l2,cache`, Zen 5). Building one group at a time for all rows instead (one division, one
 //! conversion per group) cost ~4% more in the byte kernel's loop, which is bound by its number of
 //! vector operations.
 
@@ -29,34 +32,51 @@ const fn lane(j: usize, base: usize, n: usize, nf3: bool) -> usize {
     base + if nf3 { (j & 3) + 4 * ((j >> 3) & 1) } else { j % n }
 }
 
-/// A byte permute (`vpermb`) that builds a table from the low bytes of the FMA result's lanes.
-/// `const`, as is `words`: built at run time with `from_fn`, the index arrays were not always
-/// folded into constants (where the build was not inlined, it spent 7x the kernel's time on them).
-const fn bytes(base: usize, n: usize, nf3: bool) -> [i8; 64] {
+/// Byte tables are 16 bytes a group, word tables 16 words: a lookup reads 4 index bits for NF4
+/// and NF3's code in bits 0-1 and 3 (`lane`), so the rest of a register's table is that pattern
+/// repeated, which a broadcast load makes (a load, no shuffle). The windows hold the patterns
+/// only, packed by a two-source permute: 4 groups a `vpermt2b` (NF3 bytes), 2 groups a
+/// `vpermw` / `vpermt2w` (words) or a `vpermt2b` (NF4 bytes), where a replicated 64-byte table
+/// took a permute and a 64-byte store per group.
+///
+/// Byte `m` of a `vpermt2b` that packs the patterns of 4 groups from two FMA results of 2 groups
+/// each (NF3: lanes 0-7 and 8-15), or of 2 groups from two results of one group each (NF4, bytes
+/// 0-31; the rest repeats them): the low byte of the source lane of pattern byte `m % 16`.
+const fn pack_bytes(n: usize, nf3: bool) -> [i8; 64] {
+    let per = 16 / n; // groups per FMA result
     let mut idx = [0i8; 64];
-    let mut j = 0;
-    while j < 64 {
-        idx[j] = (4 * lane(j, base, n, nf3)) as i8;
-        j += 1;
+    let mut m = 0;
+    while m < 64 {
+        let g = (m / 16) % (2 * per);
+        idx[m] = (64 * (g / per) + 4 * lane(m % 16, 8 * (g % per), n, nf3)) as i8;
+        m += 1;
     }
     idx
 }
 
-/// A word permute (`vpermw`) that builds a table from the low words of the FMA result's lanes.
-const fn words(base: usize, n: usize, nf3: bool) -> [i16; 32] {
+/// Word `m` of a `vpermw` (NF3: one source, 2 groups) or `vpermt2w` (NF4: group `m / 16` from
+/// source `m / 16`): the low word of the source lane of pattern word `m % 16`.
+const fn pack_words(n: usize, nf3: bool) -> [i16; 32] {
     let mut idx = [0i16; 32];
-    let mut j = 0;
-    while j < 32 {
-        idx[j] = (2 * lane(j, base, n, nf3)) as i16;
-        j += 1;
+    let mut m = 0;
+    while m < 32 {
+        let g = m / 16;
+        idx[m] = if nf3 { 2 * lane(m % 16, 8 * g, n, true) } else { 32 * g + 2 * lane(m % 16, 0, n, false) } as i16;
+        m += 1;
     }
     idx
 }
 
-const NF4_B: [i8; 64] = bytes(0, 16, false);
-const NF3_B: [[i8; 64]; 2] = [bytes(0, 8, true), bytes(8, 8, true)];
-const NF4_W: [i16; 32] = words(0, 16, false);
-const NF3_W: [[i16; 32]; 2] = [words(0, 8, true), words(8, 8, true)];
+const NF3_B: [i8; 64] = pack_bytes(8, true);
+const NF4_B: [i8; 64] = pack_bytes(16, false);
+const NF3_W: [i16; 32] = pack_words(8, true);
+const NF4_W: [i16; 32] = pack_words(16, false);
+
+/// Bytes a group in a window row (words; byte tables use the first half).
+const TB: usize = 32;
+
+#[repr(C, align(64))]
+struct Tabs<const R: usize>([[[u8; TB]; TW]; R]);
 
 #[inline(always)]
 unsafe fn load<T>(a: &T) -> __m512i {
@@ -83,7 +103,8 @@ impl Levels {
 /// tables of each entry plus 128 for `vpermb` and 8-bit
 /// activations (`X = 256 h`); otherwise word tables for `vpermw`.
 pub(super) struct Window<const R: usize, const C: usize, const BYTES: bool> {
-    pub tab: [[__m512i; R]; TW],
+    /// Row `r`'s table patterns, group after group (16 bytes or 32 bytes each).
+    tab: Tabs<R>,
     /// Per input and row, each group's `fac * d` (`fac * 256 d` for bytes) where a group has one
     /// segment, so one block scale `d` (groups of 128 and less), or `fac` (groups of 256, two
     /// segments per group).
@@ -95,7 +116,25 @@ pub(super) struct Window<const R: usize, const C: usize, const BYTES: bool> {
 impl<const R: usize, const C: usize, const BYTES: bool> Window<R, C, BYTES> {
     #[inline(always)]
     pub(super) unsafe fn new() -> Self {
-        Self { tab: [[_mm512_setzero_si512(); R]; TW], fd: [[[0.0; TW]; R]; C], g0: 0, g1: 0 }
+        Self { tab: Tabs([[[0; TB]; TW]; R]), fd: [[[0.0; TW]; R]; C], g0: 0, g1: 0 }
+    }
+
+    /// Row `r`'s byte table of window group `i` for a 512-bit `vpermb`.
+    #[inline(always)]
+    pub(super) unsafe fn bytes_z(&self, r: usize, i: usize) -> __m512i {
+        _mm512_broadcast_i32x4(_mm_loadu_si128(self.tab.0[r].as_ptr().cast::<u8>().add(16 * i) as *const __m128i))
+    }
+
+    /// Row `r`'s word table of window group `i` for a 512-bit `vpermw`.
+    #[inline(always)]
+    pub(super) unsafe fn words_z(&self, r: usize, i: usize) -> __m512i {
+        _mm512_broadcast_i64x4(self.words_y(r, i))
+    }
+
+    /// Row `r`'s word table of window group `i` for a 256-bit `vpermw`.
+    #[inline(always)]
+    pub(super) unsafe fn words_y(&self, r: usize, i: usize) -> __m256i {
+        _mm256_loadu_si256(self.tab.0[r][i].as_ptr() as *const __m256i)
     }
 
     /// Fill the window from group `g` (of `groups`) if `g` is past it; return `g`'s index in it.
@@ -197,34 +236,41 @@ impl<const R: usize, const C: usize, const BYTES: bool> Window<R, C, BYTES> {
                 let inv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(tmax), m);
                 let sinv = _mm512_mul_ps(s, inv);
                 fac[half] = _mm512_maskz_mul_ps(pos, m, _mm512_set1_ps(1.0 / tmax));
-                let ng = (n - 8 * half).min(8);
+                // All 8 groups of the half, whether or not the window reaches them: the masked
+                // load left zeros there, and the window has room for them.
+                let row = self.tab.0[r].as_mut_ptr().cast::<u8>();
+                // The entries of group j (and NF3's j + 1) in the low bytes or words of the lanes.
+                // A macro, not a closure: see `avx512_nf8::block`.
+                macro_rules! t {
+                    ($j:expr) => {{
+                        let side = _mm512_permutexvar_ps(_mm512_add_epi32(side0, _mm512_set1_epi32(2 * $j as i32)), sinv);
+                        _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic))
+                    }};
+                }
                 if B == 3 {
                     // Two groups per FMA: group j in lanes 0-7, j + 1 in lanes 8-15.
-                    for j in (0..ng).step_by(2) {
-                        let side = _mm512_permutexvar_ps(_mm512_add_epi32(side0, _mm512_set1_epi32(2 * j as i32)), sinv);
-                        let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
-                        self.tab[8 * half + j][r] = if BYTES {
-                            _mm512_permutexvar_epi8(load(&NF3_B[0]), t)
-                        } else {
-                            _mm512_permutexvar_epi16(load(&NF3_W[0]), t)
-                        };
-                        if j + 1 < ng {
-                            self.tab[8 * half + j + 1][r] = if BYTES {
-                                _mm512_permutexvar_epi8(load(&NF3_B[1]), t)
-                            } else {
-                                _mm512_permutexvar_epi16(load(&NF3_W[1]), t)
-                            };
+                    let tp = [t!(0), t!(2), t!(4), t!(6)];
+                    if BYTES {
+                        for q in 0..2 {
+                            let v = _mm512_permutex2var_epi8(tp[2 * q], load(&NF3_B), tp[2 * q + 1]);
+                            _mm512_storeu_si512(row.add(16 * (8 * half + 4 * q)) as *mut __m512i, v);
+                        }
+                    } else {
+                        for q in 0..4 {
+                            let v = _mm512_permutexvar_epi16(load(&NF3_W), tp[q]);
+                            _mm512_storeu_si512(row.add(TB * (8 * half + 2 * q)) as *mut __m512i, v);
                         }
                     }
                 } else {
-                    for j in 0..ng {
-                        let side = _mm512_permutexvar_ps(_mm512_add_epi32(side0, _mm512_set1_epi32(2 * j as i32)), sinv);
-                        let t = _mm512_castps_si512(_mm512_fmadd_ps(levels, side, magic));
-                        self.tab[8 * half + j][r] = if BYTES {
-                            _mm512_permutexvar_epi8(load(&NF4_B), t)
+                    for q in 0..4 {
+                        let (a, b) = (t!(2 * q), t!(2 * q + 1));
+                        if BYTES {
+                            let v = _mm512_permutex2var_epi8(a, load(&NF4_B), b);
+                            _mm256_storeu_si256(row.add(16 * (8 * half + 2 * q)) as *mut __m256i, _mm512_castsi512_si256(v));
                         } else {
-                            _mm512_permutexvar_epi16(load(&NF4_W), t)
-                        };
+                            let v = _mm512_permutex2var_epi16(a, load(&NF4_W), b);
+                            _mm512_storeu_si512(row.add(TB * (8 * half + 2 * q)) as *mut __m512i, v);
+                        }
                     }
                 }
             }
