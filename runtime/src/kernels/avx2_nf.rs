@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::nf_int::{group_factors, levels16};
+use super::nf_int::levels16;
 use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
@@ -65,40 +65,68 @@ unsafe fn rows<const B: u32, const G: usize>(
     }
 }
 
-/// Group `g`'s table for one row (`sc`: the row's `[pos, neg]` f16 scales): the low bytes and
-/// the high bytes of its entries, each repeated in both 128-bit halves, and the factor `m / tmax`.
-/// The arithmetic of `nf_int::group_factors` and `nf_int::table_entry`.
+/// The tables of groups `g..g + n` of one row (`sc`: the row's `[pos, neg]` f16 scales) into
+/// `tab[i][r]`, `fac[i][r]`: the low bytes and the high bytes of each group's entries, each
+/// repeated in both 128-bit halves, and the factor `m / tmax`. Four groups per step: one
+/// conversion, division and product for their factors, then per group one permute of the scales
+/// and one FMA (the arithmetic of `nf_int::group_factors` and `nf_int::table_entry`). Built a
+/// group at a time with scalar factors, the tables took ~40% of the kernel's time (`--isa avx2`
+/// on Zen 5).
 #[inline(always)]
-unsafe fn table<const B: u32>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn window<const B: u32, const R: usize>(
     levels: &[__m256; 2],
-    neg: &[__m256; 2],
+    side: &[[__m256i; 4]; 2],
     sc: *const u8,
     g: usize,
+    n: usize,
     tmax: f32,
-) -> ([__m256i; 2], f32) {
-    let pn = (sc.add(4 * g) as *const i32).read_unaligned();
-    let s = _mm_cvtph_ps(_mm_cvtsi32_si128(pn));
-    let (pos, ng) = (_mm_cvtss_f32(s), _mm_cvtss_f32(_mm_movehdup_ps(s)));
-    let (inv, fac) = group_factors(pos, ng, tmax);
-    let (sp, sn) = (_mm256_set1_ps(pos * inv), _mm256_set1_ps(ng * inv));
-    let entries = |h: usize| {
-        let side = _mm256_blendv_ps(sp, sn, neg[h]);
-        // fma(L, s inv, 1.5 * 2^23) rounds the exact product half to even into the low bits
-        // (see avx512_nf_window); subtracting the constant's bits leaves the integer.
-        let t = _mm256_fmadd_ps(levels[h], side, _mm256_set1_ps(12582912.0));
-        let t = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000));
-        let w = _mm_packs_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
-        // Low bytes of the 8 entries in bytes 0-7, high bytes in 8-15.
-        _mm_shuffle_epi8(w, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15))
-    };
-    let (lo, hi) = if B == 3 {
-        let a = entries(0);
-        (a, _mm_srli_si128::<8>(a))
-    } else {
-        let (a, b) = (entries(0), entries(1));
-        (_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b))
-    };
-    ([_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)], fac)
+    r: usize,
+    tab: &mut [[[__m256i; 2]; R]; TW],
+    fac: &mut [[f32; R]; TW],
+) {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut q = 0;
+    while q < n {
+        // Groups q..q + 3 as [pos, neg] pairs; those past n read as zeros.
+        let live = _mm_cmpgt_epi32(_mm_set1_epi32((n - q) as i32), _mm_setr_epi32(0, 1, 2, 3));
+        let s = _mm256_cvtph_ps(_mm_maskload_epi32(sc.add(4 * (g + q)) as *const i32, live));
+        let a = _mm256_and_ps(s, abs);
+        let m = _mm256_max_ps(a, _mm256_permute_ps::<0b10_11_00_01>(a));
+        let nz = _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps());
+        let inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(tmax), m), nz);
+        let f = _mm256_and_ps(_mm256_mul_ps(m, _mm256_set1_ps(1.0 / tmax)), nz);
+        let sinv = _mm256_mul_ps(s, inv);
+        let mut fl = [0f32; 8];
+        _mm256_storeu_ps(fl.as_mut_ptr(), f);
+        for i in 0..4 {
+            fac[q + i][r] = fl[2 * i];
+            // A macro, not a closure: a closure that is not inlined turns its intrinsics into
+            // calls (measured 6x slower here).
+            macro_rules! entries {
+                ($h:expr) => {{
+                    let sd = _mm256_permutevar8x32_ps(sinv, side[$h][i]);
+                    // fma(L, s inv, 1.5 * 2^23) rounds the exact product half to even into the
+                    // low bits (see avx512_nf_window); subtracting the constant's bits leaves the
+                    // integer.
+                    let t = _mm256_fmadd_ps(levels[$h], sd, _mm256_set1_ps(12582912.0));
+                    let t = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000));
+                    let w = _mm_packs_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+                    // Low bytes of the 8 entries in bytes 0-7, high bytes in 8-15.
+                    _mm_shuffle_epi8(w, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15))
+                }};
+            }
+            let (lo, hi) = if B == 3 {
+                let a = entries!(0);
+                (a, _mm_srli_si128::<8>(a))
+            } else {
+                let (a, b) = (entries!(0), entries!(1));
+                (_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b))
+            };
+            tab[q + i][r] = [_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)];
+        }
+        q += 4;
+    }
 }
 
 /// Groups per table window: the tables of the next groups are built together, ahead of the
@@ -131,7 +159,17 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
     let lv = levels16(l.format);
     let levels = [_mm256_loadu_ps(lv.as_ptr()), _mm256_loadu_ps(lv.as_ptr().add(8))];
-    let neg = levels.map(|v| _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps()));
+    // Per level, the lane of its side's scale among the [pos, neg] pairs of a step's group i.
+    let mut side = [[_mm256_setzero_si256(); 4]; 2];
+    for h in 0..2 {
+        for i in 0..4 {
+            let mut lanes = [0i32; 8];
+            for q in 0..8 {
+                lanes[q] = (lv[8 * h + q] < 0.0) as i32 + 2 * i as i32;
+            }
+            side[h][i] = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
+        }
+    }
     prefetch_range(scales[0].wrapping_add(PF_ROWS * l.row_scale_bytes), R * l.row_scale_bytes);
 
     let mut facc = [[_mm256_setzero_ps(); C]; R];
@@ -155,10 +193,8 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 let g = (e / G).min(l.groups - 1);
                 if g >= wg1 {
                     (wg0, wg1) = (g, (g + TW).min(l.groups));
-                    for i in 0..wg1 - g {
-                        for r in 0..R {
-                            (wtab[i][r], wfac[i][r]) = table::<B>(&levels, &neg, scales[r], g + i, tmax);
-                        }
+                    for r in 0..R {
+                        window::<B, R>(&levels, &side, scales[r], g, wg1 - g, tmax, r, &mut wtab, &mut wfac);
                     }
                 }
                 tab = wtab[g - wg0];
