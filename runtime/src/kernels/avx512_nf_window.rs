@@ -34,7 +34,8 @@ const fn lane(j: usize, base: usize, n: usize, nf3: bool) -> usize {
 
 /// Byte tables are 16 bytes a group, word tables 16 words: a lookup reads 4 index bits for NF4
 /// and NF3's code in bits 0-1 and 3 (`lane`), so the rest of a register's table is that pattern
-/// repeated, which a broadcast load makes (a load, no shuffle). The windows hold the patterns
+/// repeated, which a broadcast load makes (on Zen 5 a load and a shuffle: loading 64 bytes from
+/// the pattern with the index bits above it cleared instead was slower). The windows hold the patterns
 /// only, packed by a two-source permute: 4 groups a `vpermt2b` (NF3 bytes), 2 groups a
 /// `vpermw` / `vpermt2w` (words) or a `vpermt2b` (NF4 bytes), where a replicated 64-byte table
 /// took a permute and a 64-byte store per group.
