@@ -85,6 +85,8 @@ unsafe fn window<const B: u32, const R: usize>(
     tab: &mut [[[__m256i; 2]; R]; TW],
     fac: &mut [[f32; R]; TW],
 ) {
+    // Steps of four fill whole multiples of four groups: the window has room for them.
+    const { assert!(TW.is_multiple_of(4)) };
     let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
     let mut q = 0;
     while q < n {

@@ -1,17 +1,17 @@
 //! The level tables of the AVX-512 integer NF kernels (`avx512_nf.rs` words, `avx512_nf8.rs`
 //! bytes): for a window of 16 groups, built a row at a time.
 //!
-//! Per row, one masked load and conversion of the 16 groups' `[pos, neg]` scales, one division
-//! for `inv = tmax / m` and one product for the factors `m / tmax`, then per group (two groups per
-//! FMA for NF3's 8 levels) `fma(L, s inv, 1.5 * 2^23)`, which rounds the exact product half to
-//! even and leaves the integer in the lane's low bits, and a permute that packs those low words
-//! (or bytes) of 2 or 4 groups into one store of their table patterns: the arithmetic of
+//! Per row, one masked load and conversion of the 16 groups' `[pos, neg]` scales, one division for
+//! `inv = tmax / m` and one product for the factors `m / tmax`, then per group (two groups per FMA
+//! for NF3's 8 levels) `fma(L, s inv, 1.5 * 2^23)`, which rounds the exact product half to even and
+//! leaves the integer in the lane's low bits, and a permute that packs those low words (or bytes)
+//! of 2 or 4 groups into one store of their table patterns: the arithmetic of
 //! `nf_int::group_factors` and `nf_int::table_entry`. The kernels broadcast a pattern over a
 //! register as they load it. Building the tables was ~40% of the byte kernel's time when each
 //! group's table was a permute and a 64-byte store of the whole replicated register; packed, nf3
-//! g128 with 8-bit activations ran 1.14x faster (`kernel_speed --where l2,cache`, Zen 5). Building one group at a time for all rows instead (one division, one
-//! conversion per group) cost ~4% more in the byte kernel's loop, which is bound by its number of
-//! vector operations.
+//! g128 with 8-bit activations ran 1.14x faster (`kernel_speed --where l2,cache`, Zen 5). Building
+//! one group at a time for all rows instead (one division, one conversion per group) cost ~4% more
+//! in the byte kernel's loop, which is bound by its number of vector operations.
 
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
@@ -32,13 +32,15 @@ const fn lane(j: usize, base: usize, n: usize, nf3: bool) -> usize {
     base + if nf3 { (j & 3) + 4 * ((j >> 3) & 1) } else { j % n }
 }
 
-/// Byte tables are 16 bytes a group, word tables 16 words: a lookup reads 4 index bits for NF4
-/// and NF3's code in bits 0-1 and 3 (`lane`), so the rest of a register's table is that pattern
-/// repeated, which a broadcast load makes (on Zen 5 a load and a shuffle: loading 64 bytes from
-/// the pattern with the index bits above it cleared instead was slower). The windows hold the patterns
-/// only, packed by a two-source permute: 4 groups a `vpermt2b` (NF3 bytes), 2 groups a
-/// `vpermw` / `vpermt2w` (words) or a `vpermt2b` (NF4 bytes), where a replicated 64-byte table
-/// took a permute and a 64-byte store per group.
+/// Byte tables are 16 bytes a group, word tables 16 words: a lookup reads 4 index bits for NF4 and
+/// NF3's code in bits 0-1 and 3 (`lane`), so the rest of a register's table is that pattern
+/// repeated, which a broadcast load makes (on Zen 5 a load and a shuffle: loading 64 bytes from the
+/// pattern with the index bits above it cleared instead was slower). The windows hold the patterns
+/// only, packed by a two-source permute: 4 groups a `vpermt2b` (NF3 bytes), 2 groups a `vpermw` /
+/// `vpermt2w` (words) or a `vpermt2b` (NF4 bytes), where a replicated 64-byte table took a permute
+/// and a 64-byte store per group. The index arrays are `const fn`s: built at run time with
+/// `from_fn`, they were not always folded into constants (where the build was not inlined, it spent
+/// 7x the kernel's time on them).
 ///
 /// Byte `m` of a `vpermt2b` that packs the patterns of 4 groups from two FMA results of 2 groups
 /// each (NF3: lanes 0-7 and 8-15), or of 2 groups from two results of one group each (NF4, bytes
