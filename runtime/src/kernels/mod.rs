@@ -156,7 +156,7 @@ mod x86_int;
 use act::ActBuf;
 use bd_formats::quant::PackedMatrix;
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// A weight matrix `[rows, cols]` as stored in the file (zero copy).
 #[derive(Clone, Copy, Debug)]
@@ -558,6 +558,42 @@ const ROW_ALIGN: usize = 8;
 /// Below this many multiply-adds a product runs on the calling thread.
 const SERIAL_WORK: usize = 1 << 16;
 
+/// Guided self-scheduling of `blocks` row blocks: each grab takes a share of what is left
+/// (`left / (2 threads)`, at least `MIN_CHUNK` blocks), so the chunks shrink towards the end and the
+/// threads finish within a small chunk of each other. With fixed tasks (four per thread) the threads
+/// of a 7B decode sat idle for 6-12% of each product's wall time (Zen 5, 2 threads), waiting at the
+/// join for the other's last task.
+struct Guided {
+    next: AtomicUsize,
+    blocks: usize,
+    divisor: usize,
+}
+
+/// The smallest chunk in row blocks: 32 rows of a 4096-wide matrix are ~1 us of one thread's time,
+/// well above the cost of a grab.
+const MIN_CHUNK: usize = 4;
+
+impl Guided {
+    fn new(blocks: usize, threads: usize) -> Self {
+        Guided { next: AtomicUsize::new(0), blocks, divisor: 2 * threads.max(1) }
+    }
+
+    /// The next chunk `[b0, b1)` of row blocks, or `None` when all are taken.
+    fn next(&self) -> Option<(usize, usize)> {
+        let mut b0 = self.next.load(Ordering::Relaxed);
+        loop {
+            if b0 >= self.blocks {
+                return None;
+            }
+            let b1 = (b0 + ((self.blocks - b0) / self.divisor).max(MIN_CHUNK)).min(self.blocks);
+            match self.next.compare_exchange_weak(b0, b1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some((b0, b1)),
+                Err(now) => b0 = now,
+            }
+        }
+    }
+}
+
 /// Run `f(r0, r1, k0, k1)` over panels of `panel` inputs and, within each, over row ranges spread
 /// across the current rayon pool.
 fn par_rows(rows: usize, cols: usize, n: usize, panel: usize, f: impl Fn(usize, usize, usize, usize) + Sync) {
@@ -570,12 +606,14 @@ fn par_rows(rows: usize, cols: usize, n: usize, panel: usize, f: impl Fn(usize, 
         if threads <= 1 || work < SERIAL_WORK || rows < 2 * ROW_ALIGN {
             f(0, rows, k0, k1);
         } else {
-            // A few tasks per thread balance the load; each task is whole row blocks.
-            let blocks = rows.div_ceil(ROW_ALIGN);
-            let tasks = (4 * threads).min(blocks);
-            let per = blocks.div_ceil(tasks) * ROW_ALIGN;
-            let tasks = rows.div_ceil(per);
-            (0..tasks).into_par_iter().for_each(|t| f(t * per, ((t + 1) * per).min(rows), k0, k1));
+            let chunks = Guided::new(rows.div_ceil(ROW_ALIGN), threads);
+            // One job per thread, each taking chunks until none are left: a thread that is slow to
+            // wake finds less work, and the job it would have run finds none.
+            (0..threads).into_par_iter().for_each(|_| {
+                while let Some((b0, b1)) = chunks.next() {
+                    f(b0 * ROW_ALIGN, (b1 * ROW_ALIGN).min(rows), k0, k1)
+                }
+            });
         }
         k0 = k1;
     }
