@@ -559,23 +559,25 @@ const ROW_ALIGN: usize = 8;
 const SERIAL_WORK: usize = 1 << 16;
 
 /// Guided self-scheduling of `blocks` row blocks: each grab takes a share of what is left
-/// (`left / (2 threads)`, at least `MIN_CHUNK` blocks), so the chunks shrink towards the end and the
+/// (`left / (2 threads)`, at least `min` blocks), so the chunks shrink towards the end and the
 /// threads finish within a small chunk of each other. With fixed tasks (four per thread) the threads
 /// of a 7B decode sat idle for 6-12% of each product's wall time (Zen 5, 2 threads), waiting at the
-/// join for the other's last task.
+/// join for the other's last task; with guided chunks, 4-6%: per ~230 us product the second thread
+/// starts 3-8 us late (waking) and the two finish 2-10 us apart (the host preempts vCPUs).
 struct Guided {
     next: AtomicUsize,
     blocks: usize,
     divisor: usize,
+    min: usize,
 }
 
-/// The smallest chunk in row blocks: 32 rows of a 4096-wide matrix are ~1 us of one thread's time,
-/// well above the cost of a grab.
-const MIN_CHUNK: usize = 4;
+/// The least work (multiply-adds) of a chunk: about a microsecond of one thread's time for the
+/// quantized kernels, far above the cost of a grab (one compare-and-swap).
+const MIN_CHUNK_WORK: usize = 1 << 16;
 
 impl Guided {
-    fn new(blocks: usize, threads: usize) -> Self {
-        Guided { next: AtomicUsize::new(0), blocks, divisor: 2 * threads.max(1) }
+    fn new(blocks: usize, threads: usize, min: usize) -> Self {
+        Guided { next: AtomicUsize::new(0), blocks, divisor: 2 * threads.max(1), min: min.max(1) }
     }
 
     /// The next chunk `[b0, b1)` of row blocks, or `None` when all are taken.
@@ -585,7 +587,7 @@ impl Guided {
             if b0 >= self.blocks {
                 return None;
             }
-            let b1 = (b0 + ((self.blocks - b0) / self.divisor).max(MIN_CHUNK)).min(self.blocks);
+            let b1 = (b0 + ((self.blocks - b0) / self.divisor).max(self.min)).min(self.blocks);
             match self.next.compare_exchange_weak(b0, b1, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Some((b0, b1)),
                 Err(now) => b0 = now,
@@ -606,7 +608,8 @@ fn par_rows(rows: usize, cols: usize, n: usize, panel: usize, f: impl Fn(usize, 
         if threads <= 1 || work < SERIAL_WORK || rows < 2 * ROW_ALIGN {
             f(0, rows, k0, k1);
         } else {
-            let chunks = Guided::new(rows.div_ceil(ROW_ALIGN), threads);
+            let min = MIN_CHUNK_WORK / (ROW_ALIGN * cols * (k1 - k0)).max(1);
+            let chunks = Guided::new(rows.div_ceil(ROW_ALIGN), threads, min);
             // One job per thread, each taking chunks until none are left: a thread that is slow to
             // wake finds less work, and the job it would have run finds none.
             (0..threads).into_par_iter().for_each(|_| {

@@ -466,22 +466,22 @@ fn results_do_not_depend_on_the_thread_count() {
 
 #[test]
 fn guided_chunks_cover_every_row_block_once_and_shrink() {
-    for (blocks, threads) in [(0, 2), (1, 2), (3, 1), (26, 2), (512, 2), (1376, 3), (4000, 16)] {
-        let g = Guided::new(blocks, threads);
+    for (blocks, threads, min) in [(0, 2, 1), (1, 2, 4), (3, 1, 1), (26, 2, 4), (512, 2, 2), (1376, 3, 1), (4000, 16, 0)] {
+        let g = Guided::new(blocks, threads, min);
         let chunks: Vec<_> = std::iter::from_fn(|| g.next()).collect();
         let mut at = 0;
         for (i, &(b0, b1)) in chunks.iter().enumerate() {
             assert_eq!(b0, at, "{blocks} blocks: chunks are contiguous");
             assert!(b1 > b0 && b1 <= blocks);
             let (len, left) = (b1 - b0, blocks - b0);
-            assert_eq!(len, (left / (2 * threads)).max(MIN_CHUNK).min(left), "{blocks} blocks, chunk {i}");
+            assert_eq!(len, (left / (2 * threads)).max(min.max(1)).min(left), "{blocks} blocks, chunk {i}");
             at = b1;
         }
         assert_eq!(at, blocks, "{blocks} blocks all taken");
         assert!(g.next().is_none());
     }
     // Taken concurrently, each block still goes to exactly one thread.
-    let g = Guided::new(100_000, 4);
+    let g = Guided::new(100_000, 4, 3);
     let taken: Vec<Vec<(usize, usize)>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..4).map(|_| s.spawn(|| std::iter::from_fn(|| g.next()).collect())).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
