@@ -89,7 +89,9 @@ fn main() {
     CPU_TIME.store(args.iter().any(|a| a == "--cpu-time"), std::sync::atomic::Ordering::Relaxed);
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let kernels = match arg("--isa") {
-        Some(name) => Kernels::with_isa(Isa::parse(&name).expect("--isa: reference, avx2, avx512 or neon")),
+        // BD_ACT_BITS as `Kernels::detect` reads it.
+        Some(name) => Kernels::with_isa(Isa::parse(&name).expect("--isa: reference, avx2, avx512 or neon"))
+            .with_act8(bd_runtime::kernels::act8_setting(std::env::var("BD_ACT_BITS").ok().as_deref()).0),
         None => Kernels::detect(),
     };
     let formats: Vec<QuantFormat> = arg("--formats")

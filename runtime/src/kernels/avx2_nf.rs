@@ -8,19 +8,26 @@
 //! activations in) and `vpmaddwd` multiplies them with the activations. The codes are unpacked to
 //! bytes as for the INT formats (`x86_int::field`). This replaces the exact f32 method (`vpermps`
 //! and an FMA per 8 weights), which ran NF3 at a quarter of ggml Q3_K's speed on Zen 3.
+//!
+//! With 8-bit activations (`act8`) the entries are signed bytes (`nf_int::TMAX8`): one `vpshufb`
+//! per 32 weights, `vpsignb` moves the activation's sign onto the entry, and `vpmaddubsw`
+//! multiplies it with the activation's absolute value (the instructions ggml's Q3_K uses). Run
+//! through the 16-bit code, the byte tables had cost the same as 16-bit ones; this way NF3 and
+//! NF4 run ~1.2x faster (`kernel_speed --isa avx2`, Zen 5).
 
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::nf_int::levels16;
+use super::nf_int::{levels16, TMAX, TMAX8};
 use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
-/// Rows `r0..r1`, inputs `k0..k1` of `act` (which must carry the activations in
-/// `nf_int::unpack_order`): `y[k * ys + r]`. The group must be at least `nf_int::MIN_GROUP`.
+/// Rows `r0..r1`, inputs `k0..k1` of `act`: `y[k * ys + r]`. The group must be at least
+/// `nf_int::MIN_GROUP`. With 16-bit activations `act` must carry them in `nf_int::unpack_order`;
+/// with 8-bit ones (`act8`) the kernel reads the high byte plane, in the INT kernels' order.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn nf_rows(
     p: &PackedMatrix,
@@ -31,13 +38,17 @@ pub(super) unsafe fn nf_rows(
     r1: usize,
     y: *mut f32,
     ys: usize,
-    tmax: f32,
+    act8: bool,
 ) {
-    nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys, tmax))
+    if act8 {
+        nf_dispatch!(rows8(p, act, k0, k1, r0, r1, y, ys, TMAX8))
+    } else {
+        nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys, TMAX))
+    }
 }
 
-/// Tiles: 1 row for one input (measured on Zen 3: 2 rows, each with its two table registers,
-/// ran 10% slower), 1 row x 2 inputs for several.
+/// 16-bit activations. Tiles: 1 row for one input (measured on Zen 3: 2 rows, each with its two
+/// table registers, ran 10% slower), 1 row x 2 inputs for several.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows<const B: u32, const G: usize>(
@@ -54,27 +65,62 @@ unsafe fn rows<const B: u32, const G: usize>(
     let mut k = k0;
     while k + 2 <= k1 {
         for r in r0..r1 {
-            block::<B, G, 1, 2>(p, act, r, k, y, ys, tmax);
+            block::<B, G, 1, 2, false>(p, act, r, k, y, ys, tmax);
         }
         k += 2;
     }
     if k < k1 {
         for r in r0..r1 {
-            block::<B, G, 1, 1>(p, act, r, k, y, ys, tmax);
+            block::<B, G, 1, 1, false>(p, act, r, k, y, ys, tmax);
+        }
+    }
+}
+
+/// 8-bit activations: byte tables, one lookup per 32 weights. Tiles: 2 rows for one input (the
+/// activations' loads and absolute values serve both), 1 row x 2 inputs for several.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows8<const B: u32, const G: usize>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+    tmax: f32,
+) {
+    let mut k = k0;
+    while k + 2 <= k1 {
+        for r in r0..r1 {
+            block::<B, G, 1, 2, true>(p, act, r, k, y, ys, tmax);
+        }
+        k += 2;
+    }
+    if k < k1 {
+        let mut r = r0;
+        while r + 2 <= r1 {
+            block::<B, G, 2, 1, true>(p, act, r, k, y, ys, tmax);
+            r += 2;
+        }
+        if r < r1 {
+            block::<B, G, 1, 1, true>(p, act, r, k, y, ys, tmax);
         }
     }
 }
 
 /// The tables of groups `g..g + n` of one row (`sc`: the row's `[pos, neg]` f16 scales) into
-/// `tab[i][r]`, `fac[i][r]`: the low bytes and the high bytes of each group's entries, each
-/// repeated in both 128-bit halves, and the factor `m / tmax`. Four groups per step: one
+/// `tab[i][r]`, `fac[i][r]`: the low bytes and the high bytes of each group's entries (`A8`: the
+/// entries themselves, signed bytes, in `tab[i][r][0]`), each repeated in both 128-bit halves,
+/// and the factor `m / tmax`. Four groups per step: one
 /// conversion, division and product for their factors, then per group one permute of the scales
 /// and one FMA (the arithmetic of `nf_int::group_factors` and `nf_int::table_entry`). Built a
 /// group at a time with scalar factors, the tables took ~40% of the kernel's time (`--isa avx2`
 /// on Zen 5).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn window<const B: u32, const R: usize>(
+unsafe fn window<const B: u32, const R: usize, const A8: bool>(
     levels: &[__m256; 2],
     side: &[[__m256i; 4]; 2],
     sc: *const u8,
@@ -113,19 +159,26 @@ unsafe fn window<const B: u32, const R: usize>(
                     // integer.
                     let t = _mm256_fmadd_ps(levels[$h], sd, _mm256_set1_ps(12582912.0));
                     let t = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000));
-                    let w = _mm_packs_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
-                    // Low bytes of the 8 entries in bytes 0-7, high bytes in 8-15.
-                    _mm_shuffle_epi8(w, _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15))
+                    _mm_packs_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t))
                 }};
             }
-            let (lo, hi) = if B == 3 {
+            tab[q + i][r] = if A8 {
+                // NF3: the 8 entries twice over (`vpshufb` reads 4 index bits), NF4: all 16.
                 let a = entries!(0);
-                (a, _mm_srli_si128::<8>(a))
+                let b = if B == 3 { _mm_packs_epi16(a, a) } else { _mm_packs_epi16(a, entries!(1)) };
+                [_mm256_broadcastsi128_si256(b), _mm256_setzero_si256()]
             } else {
-                let (a, b) = (entries!(0), entries!(1));
-                (_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b))
+                // Low bytes of the 8 entries in bytes 0-7, high bytes in 8-15.
+                let split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+                let (lo, hi) = if B == 3 {
+                    let a = _mm_shuffle_epi8(entries!(0), split);
+                    (a, _mm_srli_si128::<8>(a))
+                } else {
+                    let (a, b) = (_mm_shuffle_epi8(entries!(0), split), _mm_shuffle_epi8(entries!(1), split));
+                    (_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b))
+                };
+                [_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)]
             };
-            tab[q + i][r] = [_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)];
         }
         q += 4;
     }
@@ -139,9 +192,9 @@ const TW: usize = 16;
 /// How many rows ahead the code and scale prefetches reach (a tile is one row).
 const PF_ROWS: usize = 4;
 
-/// `R` rows from `r0`, `C` inputs from `k0`.
+/// `R` rows from `r0`, `C` inputs from `k0`; `A8`: 8-bit activations and byte tables.
 #[inline(always)]
-unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
+unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -157,7 +210,13 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
     let base = p.bytes().as_ptr();
     let codes: [*const u8; R] = from_fn(|r| base.add((r0 + r) * l.row_code_bytes));
     let scales: [*const u8; R] = from_fn(|r| base.add(l.scales_offset + (r0 + r) * l.row_scale_bytes));
-    let xp: [*const i16; C] = from_fn(|k| act.xp(k0 + k).as_ptr());
+    // 16-bit: the activations in `unpack_order`; 8-bit: their high byte plane (the 8-bit value,
+    // `X = 256 hi`), in the order of `field`, which the table lookup keeps.
+    let xp: [*const i16; C] = from_fn(|k| if A8 { std::ptr::null() } else { act.xp(k0 + k).as_ptr() });
+    let xh: [*const i8; C] = from_fn(|k| if A8 { act.hi(k0 + k).as_ptr() } else { std::ptr::null() });
+    // The 8-bit sums count `hi`, a 256th of `X`.
+    let unit = if A8 { 256.0 } else { 1.0 };
+    let ones = _mm256_set1_epi16(1);
     let dseg: [*const f32; C] = from_fn(|k| act.dseg(k0 + k).as_ptr());
     let lv = levels16(l.format);
     let levels = [_mm256_loadu_ps(lv.as_ptr()), _mm256_loadu_ps(lv.as_ptr().add(8))];
@@ -196,23 +255,41 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 if g >= wg1 {
                     (wg0, wg1) = (g, (g + TW).min(l.groups));
                     for r in 0..R {
-                        window::<B, R>(&levels, &side, scales[r], g, wg1 - g, tmax, r, &mut wtab, &mut wfac);
+                        window::<B, R, A8>(&levels, &side, scales[r], g, wg1 - g, tmax, r, &mut wtab, &mut wfac);
                     }
                 }
                 tab = wtab[g - wg0];
                 fac = wfac[g - wg0];
             }
             let off = cc * CHUNK + 32 * j;
-            for r in 0..R {
-                let c = field::<B>(&raw[r], j);
-                let lo = _mm256_shuffle_epi8(tab[r][0], c);
-                let hi = _mm256_shuffle_epi8(tab[r][1], c);
-                let (w0, w1) = (_mm256_unpacklo_epi8(lo, hi), _mm256_unpackhi_epi8(lo, hi));
+            if A8 {
+                // `vpmaddubsw` multiplies unsigned by signed bytes: |x| times the entry carrying
+                // x's sign. Pairs sum to at most 2 * 127 * 127, short of saturating.
+                let mut h = [_mm256_setzero_si256(); C];
+                let mut ah = [_mm256_setzero_si256(); C];
                 for k in 0..C {
-                    let xa = _mm256_loadu_si256(xp[k].add(off) as *const __m256i);
-                    let xb = _mm256_loadu_si256(xp[k].add(off + 16) as *const __m256i);
-                    let d = _mm256_add_epi32(_mm256_madd_epi16(w0, xa), _mm256_madd_epi16(w1, xb));
-                    acc[r][k] = _mm256_add_epi32(acc[r][k], d);
+                    h[k] = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
+                    ah[k] = _mm256_abs_epi8(h[k]);
+                }
+                for r in 0..R {
+                    let t = _mm256_shuffle_epi8(tab[r][0], field::<B>(&raw[r], j));
+                    for k in 0..C {
+                        let p = _mm256_maddubs_epi16(ah[k], _mm256_sign_epi8(t, h[k]));
+                        acc[r][k] = _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            } else {
+                for r in 0..R {
+                    let c = field::<B>(&raw[r], j);
+                    let lo = _mm256_shuffle_epi8(tab[r][0], c);
+                    let hi = _mm256_shuffle_epi8(tab[r][1], c);
+                    let (w0, w1) = (_mm256_unpacklo_epi8(lo, hi), _mm256_unpackhi_epi8(lo, hi));
+                    for k in 0..C {
+                        let xa = _mm256_loadu_si256(xp[k].add(off) as *const __m256i);
+                        let xb = _mm256_loadu_si256(xp[k].add(off + 16) as *const __m256i);
+                        let d = _mm256_add_epi32(_mm256_madd_epi16(w0, xa), _mm256_madd_epi16(w1, xb));
+                        acc[r][k] = _mm256_add_epi32(acc[r][k], d);
+                    }
                 }
             }
             // A segment is 4 blocks of 32 (G >= 128), 2 (G = 64) or 1 (G = 32).
@@ -226,7 +303,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 for k in 0..C {
                     let d = *dseg[k].add(cc * spc + s);
                     for r in 0..R {
-                        let f = _mm256_set1_ps(fac[r] * d);
+                        let f = _mm256_set1_ps(fac[r] * d * unit);
                         facc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
                         acc[r][k] = _mm256_setzero_si256();
                     }

@@ -32,7 +32,8 @@
 //!   integer NF scheme then takes 8-bit tables too (`nf_int::TMAX8`), which AVX-512 with VBMI
 //!   looks up 64 weights at a time with `vpermb` and multiplies with `vpdpbusd`
 //!   (`avx512_nf8.rs`, groups of 64 and more; smaller groups and CPUs without VBMI run the
-//!   16-bit code on the 8-bit tables).
+//!   16-bit code on the 8-bit tables), and AVX2 with one `vpshufb` per 32 weights and
+//!   `vpmaddubsw` on the activations' absolute values (`avx2_nf.rs`).
 //! - NF formats elsewhere (`avx512.rs` and `avx2.rs` for g16, `neon.rs`): exact f32: a group's 16
 //!   dequantized levels live in registers and the codes index them (`vpermps`; NEON `tbl`), FMA
 //!   with f32 inputs.
@@ -420,6 +421,8 @@ impl Kernels {
         match self.isa {
             _ if !self.nf_integer(p) => None,
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if self.act8 => None,
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(nf_int::unpack_order),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if !avx512_nf::uses_pair_order(p, self.act8, self.vbmi) => None,
@@ -444,7 +447,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, self.act8, self.vbmi),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, nf_int::tmax(self.act8)),
+            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, self.act8),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, self.act8),
             #[cfg(target_arch = "x86_64")]
