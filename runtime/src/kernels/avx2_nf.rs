@@ -41,17 +41,18 @@ pub(super) unsafe fn nf_rows(
     act8: bool,
 ) {
     if act8 {
-        nf_dispatch!(rows8(p, act, k0, k1, r0, r1, y, ys, TMAX8))
+        nf_dispatch!(rows[true](p, act, k0, k1, r0, r1, y, ys, TMAX8))
     } else {
-        nf_dispatch!(rows(p, act, k0, k1, r0, r1, y, ys, TMAX))
+        nf_dispatch!(rows[false](p, act, k0, k1, r0, r1, y, ys, TMAX))
     }
 }
 
-/// 16-bit activations. Tiles: 1 row for one input (measured on Zen 3: 2 rows, each with its two
-/// table registers, ran 10% slower), 1 row x 2 inputs for several.
+/// Tiles: 1 row x 2 inputs while two inputs remain; for one input, 16-bit activations take 1 row
+/// (measured on Zen 3: 2 rows, each with its two table registers, ran 10% slower) and 8-bit ones 2
+/// (their activations' loads and absolute values serve both rows; 1 row measured the same).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows<const B: u32, const G: usize>(
+unsafe fn rows<const B: u32, const G: usize, const A8: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -65,47 +66,18 @@ unsafe fn rows<const B: u32, const G: usize>(
     let mut k = k0;
     while k + 2 <= k1 {
         for r in r0..r1 {
-            block::<B, G, 1, 2, false>(p, act, r, k, y, ys, tmax);
-        }
-        k += 2;
-    }
-    if k < k1 {
-        for r in r0..r1 {
-            block::<B, G, 1, 1, false>(p, act, r, k, y, ys, tmax);
-        }
-    }
-}
-
-/// 8-bit activations: byte tables, one lookup per 32 weights. Tiles: 2 rows for one input (the
-/// activations' loads and absolute values serve both), 1 row x 2 inputs for several.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows8<const B: u32, const G: usize>(
-    p: &PackedMatrix,
-    act: &ActQ,
-    k0: usize,
-    k1: usize,
-    r0: usize,
-    r1: usize,
-    y: *mut f32,
-    ys: usize,
-    tmax: f32,
-) {
-    let mut k = k0;
-    while k + 2 <= k1 {
-        for r in r0..r1 {
-            block::<B, G, 1, 2, true>(p, act, r, k, y, ys, tmax);
+            block::<B, G, 1, 2, A8>(p, act, r, k, y, ys, tmax);
         }
         k += 2;
     }
     if k < k1 {
         let mut r = r0;
-        while r + 2 <= r1 {
-            block::<B, G, 2, 1, true>(p, act, r, k, y, ys, tmax);
+        while A8 && r + 2 <= r1 {
+            block::<B, G, 2, 1, A8>(p, act, r, k, y, ys, tmax);
             r += 2;
         }
-        if r < r1 {
-            block::<B, G, 1, 1, true>(p, act, r, k, y, ys, tmax);
+        for r in r..r1 {
+            block::<B, G, 1, 1, A8>(p, act, r, k, y, ys, tmax);
         }
     }
 }

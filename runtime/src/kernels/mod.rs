@@ -102,20 +102,25 @@ macro_rules! nf_tiles {
 }
 
 /// The entry point of an integer NF kernel: call the instance of its generic
-/// `rows::<BITS, GROUP>` that fits the matrix (NF3 or NF4, groups of 32 to 256).
+/// `rows::<BITS, GROUP>` (`rows[A, ...]`: `rows::<BITS, GROUP, A, ...>`) that fits the matrix (NF3
+/// or NF4, groups of 32 to 256).
 #[cfg(target_arch = "x86_64")]
 macro_rules! nf_dispatch {
-    ($rows:ident($p:expr, $($arg:expr),*)) => {{
+    ($rows:ident($p:expr, $($arg:expr),*)) => {
+        nf_dispatch!($rows[]($p, $($arg),*))
+    };
+    // `rows[c, ...]`: more const arguments after the bits and the group.
+    ($rows:ident[$($c:tt),*]($p:expr, $($arg:expr),*)) => {{
         type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize, f32);
         let f = match ($p.format().bits(), $p.layout.group) {
-            (3, 32) => $rows::<3, 32> as F,
-            (3, 64) => $rows::<3, 64>,
-            (3, 128) => $rows::<3, 128>,
-            (3, 256) => $rows::<3, 256>,
-            (4, 32) => $rows::<4, 32>,
-            (4, 64) => $rows::<4, 64>,
-            (4, 128) => $rows::<4, 128>,
-            (4, 256) => $rows::<4, 256>,
+            (3, 32) => $rows::<3, 32 $(, $c)*> as F,
+            (3, 64) => $rows::<3, 64 $(, $c)*>,
+            (3, 128) => $rows::<3, 128 $(, $c)*>,
+            (3, 256) => $rows::<3, 256 $(, $c)*>,
+            (4, 32) => $rows::<4, 32 $(, $c)*>,
+            (4, 64) => $rows::<4, 64 $(, $c)*>,
+            (4, 128) => $rows::<4, 128 $(, $c)*>,
+            (4, 256) => $rows::<4, 256 $(, $c)*>,
             other => unreachable!("NF format / group {other:?}"),
         };
         f($p, $($arg),*)
