@@ -77,7 +77,7 @@ struct RunArgs {
 
 #[derive(Args)]
 struct Common {
-    /// Threads (default: physical cores).
+    /// Threads, 1 to 1024 (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
     /// Skip the CRC-32 check of every tensor at load (structure is still validated).
@@ -203,6 +203,9 @@ fn kernels(common: &Common) -> Kernels {
 fn threads(common: &Common) -> Result<usize> {
     match common.threads {
         Some(0) => bail!("--threads 0: at least one thread is needed"),
+        Some(t) if t > bd_runtime::session::MAX_THREADS => {
+            bail!("--threads {t}: at most {} threads", bd_runtime::session::MAX_THREADS)
+        }
         Some(t) => Ok(t),
         None => Ok(default_threads()),
     }

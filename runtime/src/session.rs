@@ -85,8 +85,8 @@ impl<'m> Session<'m> {
                 c.max_context
             )));
         }
-        if threads == 0 {
-            return Err(RuntimeError::InvalidArgument("threads must be at least 1".into()));
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(RuntimeError::InvalidArgument(format!("threads {threads} is out of range (1..={MAX_THREADS})")));
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -442,6 +442,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     });
     acc.iter().sum::<f32>() + tail
 }
+
+/// The most threads a session takes: more only spends time and memory creating them (100,000
+/// kept `bd-run` busy for minutes).
+pub const MAX_THREADS: usize = 1024;
 
 /// Physical cores available to this process: logical CPUs (affinity and cgroup quotas included)
 /// divided by the hyper-threads per core the kernel reports, since two threads on one core compete

@@ -195,6 +195,7 @@ fn bad_prompts_and_absurd_flags_fail_cleanly() {
     assert_fails(&[m, "--prompt", "the", "--min-p", "1.5"], &["--min-p"]);
     assert_fails(&[m, "--prompt", "the", "--repeat-penalty", "0"], &["--repeat-penalty"]);
     assert_fails(&[m, "--prompt", "the", "--threads", "0"], &["--threads"]);
+    assert_fails(&[m, "--prompt", "the", "--threads", "100000"], &["--threads 100000", "at most 1024"]);
     assert_fails(&[m, "--prompt", "the", "--ctx", "0"], &["--ctx"]);
     assert_fails(&[m, "--prompt", "the", "--ctx", "100000"], &["--ctx", "256"]);
     assert_fails(&[m, "--prompt", "the", "--stop", ""], &["--stop"]);

@@ -454,8 +454,11 @@ pub(crate) fn new_session(model: *const bd_model, ctx: u32, threads: u32, seed: 
         let c = m.model.config();
         let ctx = if ctx == 0 { c.max_context } else { ctx as usize };
         let threads = if threads == 0 { crate::default_threads() } else { threads as usize };
-        if threads > 1024 {
-            return Err(Error::invalid(format!("threads {threads} is out of range (0..=1024; 0 = all physical cores)")));
+        if threads > crate::session::MAX_THREADS {
+            return Err(Error::invalid(format!(
+                "threads {threads} is out of range (0..={}; 0 = all physical cores)",
+                crate::session::MAX_THREADS
+            )));
         }
         SessionInner::create(Arc::clone(&m), ctx, threads, seed)
     })();
