@@ -142,7 +142,7 @@ enum Command {
         /// Generated tokens to time (0 skips).
         #[arg(long, default_value_t = 128)]
         tg: usize,
-        /// Repetitions; the best is reported.
+        /// Repetitions, 1 to 1000; the best is reported.
         #[arg(long, default_value_t = 1)]
         reps: usize,
         /// Print one JSON object.
@@ -396,6 +396,9 @@ fn run_bench(
     let threads = threads(common)?;
     if pp == 0 && tg == 0 {
         bail!("--pp 0 and --tg 0: nothing to measure");
+    }
+    if !(1..=1000).contains(&reps) {
+        bail!("--reps {reps} is out of range (1..=1000)");
     }
     let model = match (path, synthetic) {
         (Some(p), _) => load(p, common)?,

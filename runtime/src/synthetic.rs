@@ -14,7 +14,7 @@ use bd_formats::hf::fixture::tiny_tokenizer_json;
 use bd_formats::quant::{check_group_size, PackedLayout, CHUNK};
 use bd_formats::{DType, ModelConfig};
 use half::f16;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Preset names for `--synthetic`.
 pub const PRESETS: [&str; 4] = ["tiny", "llama-110m", "llama2-7b", "llama2-13b"];
@@ -71,8 +71,14 @@ pub fn build(config: &ModelConfig, format: DType, group: usize, seed: u64) -> Re
     };
     let provenance =
         Provenance { source: "synthetic".into(), tool: format!("bd-run {}", env!("CARGO_PKG_VERSION")), notes: String::new() };
-    let path = temp_path();
     let io = |e: bd_formats::bd2::Bd2Error| RuntimeError::Model(e);
+    let mut bytes = 0u64;
+    for d in &decls {
+        bytes += d.byte_len().map_err(io)?;
+    }
+    check_memory(bytes)?;
+    remove_stale_files();
+    let path = temp_path();
     let mut w = Bd2Writer::create(&path, config, recipe, provenance, tiny_tokenizer_json().as_bytes(), &decls).map_err(io)?;
     let mut rng = Rng::new(seed);
     for d in &decls {
@@ -86,6 +92,48 @@ pub fn build(config: &ModelConfig, format: DType, group: usize, seed: u64) -> Re
     // behind in the temporary directory.
     let _ = std::fs::remove_file(&path);
     Model::from_file(file.map_err(io)?)
+}
+
+/// Refuse a model that cannot stay in memory: its file would be written out to disk (possibly
+/// filling it: llama2-13b in f32 is 52 GB) and the bench would then time the disk, not the kernels.
+fn check_memory(bytes: u64) -> Result<()> {
+    let Some(available) = available_memory() else { return Ok(()) };
+    if bytes > available {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "this synthetic model needs {:.1} GB, more than the {:.1} GB of memory available",
+            bytes as f64 / 1e9,
+            available as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (Linux; `None` elsewhere or when unreadable).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Remove the files of synthetic models whose process is gone. A build killed while writing (a
+/// 7B model is a few GB) leaves its temporary file behind; a finished one is unlinked at once.
+/// Linux only: a process is alive while /proc/PID exists.
+fn remove_stale_files() {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.trim_start_matches('.').strip_prefix("bd-run-synthetic-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn temp_path() -> PathBuf {
@@ -134,5 +182,37 @@ fn random_tensor(d: &TensorDecl, rng: &mut Rng) -> Result<Vec<u8>, bd_formats::b
             let values: Vec<f32> = (0..n).map(|_| value(rng)).collect();
             encode_tensor(d, &values)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_larger_than_memory_is_refused() {
+        if available_memory().is_none() {
+            return; // not Linux: nothing to check against
+        }
+        let e = check_memory(u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("GB of memory available"), "{e}");
+        assert!(check_memory(1).is_ok());
+    }
+
+    #[test]
+    fn files_of_finished_processes_are_removed_and_live_ones_kept() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        // Above Linux's largest pid_max (2^22), so no live process has it.
+        let dead = std::env::temp_dir().join(".bd-run-synthetic-4999999-0.bd2.tmp4999999");
+        let live = std::env::temp_dir().join(format!("bd-run-synthetic-{}-999.bd2", std::process::id()));
+        std::fs::write(&dead, b"x").unwrap();
+        std::fs::write(&live, b"x").unwrap();
+        remove_stale_files();
+        let (dead_gone, live_kept) = (!dead.exists(), live.exists());
+        let _ = std::fs::remove_file(&live);
+        assert!(dead_gone, "{} left behind", dead.display());
+        assert!(live_kept, "{} removed while its process runs", live.display());
     }
 }

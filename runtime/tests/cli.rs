@@ -214,5 +214,7 @@ fn bad_prompts_and_absurd_flags_fail_cleanly() {
     assert_fails(&["bench", "--synthetic", "gpt-5"], &["gpt-5", "llama2-7b"]);
     assert_fails(&["bench", "--synthetic", "tiny", "--format", "int9"], &["int9"]);
     assert_fails(&["bench", "--synthetic", "tiny", "--group", "100"], &["group"]);
+    assert_fails(&["bench", "--synthetic", "tiny", "--reps", "0"], &["--reps 0"]);
+    assert_fails(&["bench", "--synthetic", "tiny", "--reps", "1000000000"], &["--reps 1000000000", "1..=1000"]);
     assert_fails(&["bench"], &["synthetic"]);
 }
