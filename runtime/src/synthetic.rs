@@ -72,11 +72,7 @@ pub fn build(config: &ModelConfig, format: DType, group: usize, seed: u64) -> Re
     let provenance =
         Provenance { source: "synthetic".into(), tool: format!("bd-run {}", env!("CARGO_PKG_VERSION")), notes: String::new() };
     let io = |e: bd_formats::bd2::Bd2Error| RuntimeError::Model(e);
-    let mut bytes = 0u64;
-    for d in &decls {
-        bytes += d.byte_len().map_err(io)?;
-    }
-    check_memory(bytes)?;
+    check_memory(decls.iter().map(TensorDecl::byte_len).sum::<Result<u64, _>>().map_err(io)?)?;
     remove_stale_files();
     let path = temp_path();
     let mut w = Bd2Writer::create(&path, config, recipe, provenance, tiny_tokenizer_json().as_bytes(), &decls).map_err(io)?;

@@ -19,7 +19,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::act::{segs_per_chunk, ActQ};
-use super::nf_int::{levels16, TMAX, TMAX8};
+use super::nf_int::{levels16, tmax};
 use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
@@ -40,10 +40,11 @@ pub(super) unsafe fn nf_rows(
     ys: usize,
     act8: bool,
 ) {
+    let tmax = tmax(act8);
     if act8 {
-        nf_dispatch!(rows[true](p, act, k0, k1, r0, r1, y, ys, TMAX8))
+        nf_dispatch!(rows[true](p, act, k0, k1, r0, r1, y, ys, tmax))
     } else {
-        nf_dispatch!(rows[false](p, act, k0, k1, r0, r1, y, ys, TMAX))
+        nf_dispatch!(rows[false](p, act, k0, k1, r0, r1, y, ys, tmax))
     }
 }
 
