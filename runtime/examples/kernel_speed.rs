@@ -1,6 +1,6 @@
 //! Quick timings of the matrix-vector kernels (not a benchmark suite: see benches/ for that).
 //!
-//! `cargo run --release -p bd-runtime --example kernel_speed [-- --isa avx2] [--quick] [--formats int2,nf3]`
+//! `cargo run --release -p bd-runtime --example kernel_speed [-- --isa avx2] [--plain] [--quick] [--formats int2,nf3]`
 //!
 //! For each format (group 128) and shape (4096x4096, 11008x4096), 1 and 2 threads:
 //! - cache: the same matrix again and again (4096x4096 int2 is 4.4 MB: L3);
@@ -94,6 +94,9 @@ fn main() {
             .with_act8(bd_runtime::kernels::act8_setting(std::env::var("BD_ACT_BITS").ok().as_deref()).0),
         None => Kernels::detect(),
     };
+    // `--plain`: without the ISA's optional extensions (AVX-VNNI, GFNI, VBMI, dotprod), as on
+    // CPUs that lack them.
+    let kernels = if args.iter().any(|a| a == "--plain") { kernels.without_extensions() } else { kernels };
     let formats: Vec<QuantFormat> = arg("--formats")
         .map(|s| s.split(',').map(|f| QuantFormat::parse(f).expect("format")).collect())
         .unwrap_or_else(|| vec![QuantFormat::Int2, QuantFormat::Nf3, QuantFormat::Int3, QuantFormat::Int4]);

@@ -39,18 +39,34 @@ pub(super) unsafe fn nf_rows(
     y: *mut f32,
     ys: usize,
     act8: bool,
+    avxvnni: bool,
 ) {
     let tmax = tmax(act8);
-    if act8 {
-        nf_dispatch!(rows[true](p, act, k0, k1, r0, r1, y, ys, tmax))
-    } else {
-        nf_dispatch!(rows[false](p, act, k0, k1, r0, r1, y, ys, tmax))
+    match (act8, avxvnni) {
+        (true, true) => nf_dispatch!(rows_vx[true](p, act, k0, k1, r0, r1, y, ys, tmax)),
+        (false, true) => nf_dispatch!(rows_vx[false](p, act, k0, k1, r0, r1, y, ys, tmax)),
+        (true, false) => nf_dispatch!(rows[true](p, act, k0, k1, r0, r1, y, ys, tmax)),
+        (false, false) => nf_dispatch!(rows[false](p, act, k0, k1, r0, r1, y, ys, tmax)),
     }
 }
 
-/// Tiles: 1 row x 2 inputs while two inputs remain; for one input, 16-bit activations take 1 row
-/// (measured on Zen 3: 2 rows, each with its two table registers, ran 10% slower) and 8-bit ones 2
-/// (their activations' loads and absolute values serve both rows; 1 row measured the same).
+/// `rows` with AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_vx<const B: u32, const G: usize, const A8: bool>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+    tmax: f32,
+) {
+    rows_impl::<B, G, A8, true>(p, act, k0, k1, r0, r1, y, ys, tmax)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows<const B: u32, const G: usize, const A8: bool>(
@@ -64,21 +80,41 @@ unsafe fn rows<const B: u32, const G: usize, const A8: bool>(
     ys: usize,
     tmax: f32,
 ) {
+    rows_impl::<B, G, A8, false>(p, act, k0, k1, r0, r1, y, ys, tmax)
+}
+
+/// Tiles: 1 row x 2 inputs while two inputs remain; for one input, 16-bit activations take 1 row
+/// (measured on Zen 3: 2 rows, each with its two table registers, ran 10% slower) and 8-bit ones 2
+/// (their activations' loads and absolute values serve both rows; 1 row measured the same).
+/// `VX`: AVX-VNNI.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_impl<const B: u32, const G: usize, const A8: bool, const VX: bool>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+    tmax: f32,
+) {
     let mut k = k0;
     while k + 2 <= k1 {
         for r in r0..r1 {
-            block::<B, G, 1, 2, A8>(p, act, r, k, y, ys, tmax);
+            block::<B, G, 1, 2, A8, VX>(p, act, r, k, y, ys, tmax);
         }
         k += 2;
     }
     if k < k1 {
         let mut r = r0;
         while A8 && r + 2 <= r1 {
-            block::<B, G, 2, 1, A8>(p, act, r, k, y, ys, tmax);
+            block::<B, G, 2, 1, A8, VX>(p, act, r, k, y, ys, tmax);
             r += 2;
         }
         for r in r..r1 {
-            block::<B, G, 1, 1, A8>(p, act, r, k, y, ys, tmax);
+            block::<B, G, 1, 1, A8, VX>(p, act, r, k, y, ys, tmax);
         }
     }
 }
@@ -165,9 +201,12 @@ const TW: usize = 16;
 /// How many rows ahead the code and scale prefetches reach (a tile is one row).
 const PF_ROWS: usize = 4;
 
-/// `R` rows from `r0`, `C` inputs from `k0`; `A8`: 8-bit activations and byte tables.
+/// `R` rows from `r0`, `C` inputs from `k0`; `A8`: 8-bit activations and byte tables; `VX`:
+/// AVX-VNNI, whose `vpdpbusd` / `vpdpwssd` replace `vpmaddubsw` + `vpmaddwd` + `vpaddd` (8-bit)
+/// and `vpmaddwd` + `vpaddd` (16-bit). (Two accumulators per row, to shorten the chains of
+/// dependent dot products, measured the same or slower, `--isa avx2` on Zen 5.)
 #[inline(always)]
-unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, const A8: bool>(
+unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, const A8: bool, const VX: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -247,8 +286,12 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
                 for r in 0..R {
                     let t = _mm256_shuffle_epi8(tab[r][0], field::<B>(&raw[r], j));
                     for k in 0..C {
-                        let p = _mm256_maddubs_epi16(ah[k], _mm256_sign_epi8(t, h[k]));
-                        acc[r][k] = _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(p, ones));
+                        let ts = _mm256_sign_epi8(t, h[k]);
+                        acc[r][k] = if VX {
+                            _mm256_dpbusd_avx_epi32(acc[r][k], ah[k], ts)
+                        } else {
+                            _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(_mm256_maddubs_epi16(ah[k], ts), ones))
+                        };
                     }
                 }
             } else {
@@ -260,8 +303,12 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
                     for k in 0..C {
                         let xa = _mm256_loadu_si256(xp[k].add(off) as *const __m256i);
                         let xb = _mm256_loadu_si256(xp[k].add(off + 16) as *const __m256i);
-                        let d = _mm256_add_epi32(_mm256_madd_epi16(w0, xa), _mm256_madd_epi16(w1, xb));
-                        acc[r][k] = _mm256_add_epi32(acc[r][k], d);
+                        acc[r][k] = if VX {
+                            _mm256_dpwssd_avx_epi32(_mm256_dpwssd_avx_epi32(acc[r][k], w0, xa), w1, xb)
+                        } else {
+                            let d = _mm256_add_epi32(_mm256_madd_epi16(w0, xa), _mm256_madd_epi16(w1, xb));
+                            _mm256_add_epi32(acc[r][k], d)
+                        };
                     }
                 }
             }

@@ -13,7 +13,7 @@
 //!   32-byte lanes of the packed layout; each product uses both signed bytes of the activation
 //!   (`X = 256 hi + lo`): `vpdpbusd` (AVX-512 VNNI; for one input on 512-bit registers holding two
 //!   rows, `avx512_int.rs`, since the 256-bit tile was bound by instruction throughput),
-//!   `vpmaddubsw` (AVX2), `sdot` (NEON dot product; `smlal` on 16-bit `X` without it). Integer
+//!   `vpmaddubsw` (AVX2; `vpdpbusd` with AVX-VNNI), `sdot` (NEON dot product; `smlal` on 16-bit `X` without it). Integer
 //!   sums are exact; scale and zero point are applied once per group:
 //!   `y += (s d) sum q X - s z sum d X`. Against the exact f32 dot product the rounding of `X`
 //!   costs ~7e-5 (normwise, N(0,1) activations with 1% outliers x10; the tests check 1e-4 and
@@ -257,6 +257,10 @@ pub struct Kernels {
     gfni: bool,
     /// AVX-512 only: byte permutes (`vpermb`, AVX512-VBMI) for the NF byte kernel with `act8`.
     vbmi: bool,
+    /// AVX2 only: AVX-VNNI (`{vex} vpdpbusd` / `vpdpwssd` on 256-bit registers: Intel Alder Lake
+    /// and later client CPUs, which have no AVX-512) in place of `vpmaddubsw` / `vpmaddwd` and
+    /// their widening adds.
+    avxvnni: bool,
     /// Quantize activations of the integer kernels to 8 bits instead of 16 (`act.rs`).
     act8: bool,
 }
@@ -309,14 +313,23 @@ impl Kernels {
             dotprod: isa == Isa::Neon && dotprod_supported(),
             gfni: isa == Isa::Avx512 && gfni_supported(),
             vbmi: isa == Isa::Avx512 && vbmi_supported(),
+            avxvnni: isa == Isa::Avx2 && avxvnni_supported(),
             act8: false,
         }
     }
 
-    /// NEON kernels without the dot-product extension (tests the fallback on dotprod machines).
+    /// The same ISA without its optional extensions (NEON dot product, GFNI, VBMI, AVX-VNNI):
+    /// what CPUs without them run, for the tests and for measuring what an extension brings
+    /// (`kernel_speed --plain`).
     #[doc(hidden)]
-    pub fn neon_without_dotprod() -> Self {
-        Self { dotprod: false, ..Self::with_isa(Isa::Neon) }
+    pub fn without_extensions(self) -> Self {
+        Self { dotprod: false, gfni: false, vbmi: false, avxvnni: false, ..self }
+    }
+
+    /// Whether any optional extension is in use (see [`Kernels::without_extensions`]).
+    #[doc(hidden)]
+    pub fn has_extensions(&self) -> bool {
+        *self != self.without_extensions()
     }
 
     pub fn isa(&self) -> Isa {
@@ -335,13 +348,6 @@ impl Kernels {
         self.act8
     }
 
-    /// AVX-512 kernels without GFNI and VBMI (tests the variants that AVX-512 VNNI CPUs without
-    /// them, such as Cascade Lake, run).
-    #[doc(hidden)]
-    pub fn avx512_without_gfni() -> Self {
-        Self { gfni: false, vbmi: false, ..Self::with_isa(Isa::Avx512) }
-    }
-
     /// A short description for logs, e.g. `avx512+gfni`, `neon+dotprod` or `avx2+act8`.
     pub fn describe(&self) -> String {
         let mut d = self.isa.name().to_string();
@@ -353,6 +359,9 @@ impl Kernels {
         }
         if self.vbmi {
             d += "+vbmi";
+        }
+        if self.avxvnni {
+            d += "+avxvnni";
         }
         if self.act8 {
             d += "+act8";
@@ -452,11 +461,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if p.format().is_nf() => avx512_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, self.act8, self.vbmi),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, self.act8),
+            Isa::Avx2 if p.format().is_nf() => avx2_nf::nf_rows(p, act, k0, k1, r0, r1, out.0, ys, self.act8, self.avxvnni),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, self.act8),
+            Isa::Avx512 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, true, self.gfni, false, self.act8),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false, false, self.act8),
+            Isa::Avx2 => x86_int::int_rows(p, act, k0, k1, r0, r1, out.0, ys, false, false, self.avxvnni, self.act8),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::int_rows(p, act, k0, k1, r0, r1, out.0, ys, self.dotprod, self.act8),
             _ => {
@@ -521,6 +530,17 @@ fn gfni_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("gfni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn avxvnni_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

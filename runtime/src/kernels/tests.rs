@@ -64,12 +64,10 @@ impl Quant {
 
 fn simd_kernels() -> Vec<Kernels> {
     let mut v: Vec<Kernels> = Kernels::available().into_iter().filter(|&i| i != Isa::Reference).map(Kernels::with_isa).collect();
-    if v.iter().any(|k| k.dotprod) {
-        v.push(Kernels::neon_without_dotprod());
-    }
-    if v.iter().any(|k| k.gfni) {
-        v.push(Kernels::avx512_without_gfni());
-    }
+    // What CPUs without the optional extensions run: NEON without dotprod, AVX-512 without
+    // GFNI and VBMI (Cascade Lake), AVX2 without AVX-VNNI (Zen 3, Intel before Alder Lake).
+    let plain: Vec<Kernels> = v.iter().filter(|k| k.has_extensions()).map(|k| k.without_extensions()).collect();
+    v.extend(plain);
     // Every kernel also with 8-bit activations (the INT kernels of AVX2, AVX-512 and NEON sdot
     // skip the zero low plane; the others run the 16-bit code on values whose low byte is zero;
     // the integer NF kernels take byte tables, AVX-512 with VBMI in its byte kernel).

@@ -9,7 +9,8 @@
 //! - AVX-512: `vpdpbusd` (u8 codes x s8 planes, 4 products per 32-bit lane) into a `hi` and a
 //!   `lo` accumulator; per segment `S = (hi << 8) + lo`.
 //! - AVX2: `vpmaddubsw` into 16-bit sums (at most 4 fields per segment: no overflow), widened
-//!   once per segment by `vpmaddwd` with 256 and 1.
+//!   once per segment by `vpmaddwd` with 256 and 1; with AVX-VNNI (Intel client CPUs since Alder
+//!   Lake, no AVX-512), the VEX-encoded `vpdpbusd` as for AVX-512, on the AVX2 tiles.
 //!
 //! Measured on Zen 4, 256-bit operations cost half of 512-bit ones and `vpdpbusd ymm` runs two per
 //! cycle, so these kernels use 256-bit registers on both ISAs (the AVX-512 build gets 32 of them
@@ -66,6 +67,7 @@ pub(super) unsafe fn int_rows(
     ys: usize,
     vnni: bool,
     gfni: bool,
+    avxvnni: bool,
     act8: bool,
 ) {
     type F = unsafe fn(&PackedMatrix, &ActQ, usize, usize, usize, usize, *mut f32, usize);
@@ -79,6 +81,10 @@ pub(super) unsafe fn int_rows(
                 rows_vnni::<$b, $s, true> as F
             } else if vnni {
                 rows_vnni::<$b, $s, false> as F
+            } else if avxvnni && act8 {
+                rows_avxvnni::<$b, $s, true> as F
+            } else if avxvnni {
+                rows_avxvnni::<$b, $s, false> as F
             } else if act8 {
                 rows_avx2::<$b, $s, true> as F
             } else {
@@ -116,7 +122,22 @@ unsafe fn rows_avx2<const B: u32, const SEGS: usize, const A8: bool>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, false, false, A8>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, false, false, A8, false>(p, act, k0, k1, r0, r1, y, ys)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_avxvnni<const B: u32, const SEGS: usize, const A8: bool>(
+    p: &PackedMatrix,
+    act: &ActQ,
+    k0: usize,
+    k1: usize,
+    r0: usize,
+    r1: usize,
+    y: *mut f32,
+    ys: usize,
+) {
+    rows_impl::<B, SEGS, false, false, A8, true>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -131,7 +152,7 @@ unsafe fn rows_vnni<const B: u32, const SEGS: usize, const A8: bool>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true, false, A8>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, false, A8, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,gfni")]
@@ -146,7 +167,7 @@ unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize, const A8: bool>(
     y: *mut f32,
     ys: usize,
 ) {
-    rows_impl::<B, SEGS, true, true, A8>(p, act, k0, k1, r0, r1, y, ys)
+    rows_impl::<B, SEGS, true, true, A8, false>(p, act, k0, k1, r0, r1, y, ys)
 }
 
 /// Tiles (measured on Zen 4 and Zen 5, AVX2 on Zen 3): one input, 8 rows (AVX-512: 32 registers)
@@ -156,9 +177,12 @@ unsafe fn rows_vnni_gfni<const B: u32, const SEGS: usize, const A8: bool>(
 /// the outer loop: a tile's activations stay in L1 while the rows stream by. On Zen 5 the 512-bit
 /// 4 x 4 tile took 0.0064-0.0067 ns per weight and input (int2, 64 inputs, 1 thread) against
 /// 0.0097 for the 256-bit 4 x 2 one; 4 x 3 (0.0069) and 2 x 4 (0.0075) were slower.
+///
+/// `VNNI`: AVX-512 (its tiles, and `vpdpbusd`); `VX`: AVX-VNNI, the AVX2 tiles (16 registers)
+/// with the VEX `vpdpbusd`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF: bool, const A8: bool>(
+unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF: bool, const A8: bool, const VX: bool>(
     p: &PackedMatrix,
     act: &ActQ,
     k0: usize,
@@ -183,7 +207,7 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
             r += 2;
         }
         while r < r1 {
-            block::<B, SEGS, 1, 4, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 4, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 4;
@@ -191,11 +215,11 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
     while VNNI && k + 2 <= k1 {
         let mut r = r0;
         while r + 4 <= r1 {
-            block::<B, SEGS, 4, 2, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 4, 2, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
         }
         while r < r1 {
-            block::<B, SEGS, 1, 2, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 2, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 2;
@@ -203,7 +227,7 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
     while k + 4 <= k1 {
         let mut r = r0;
         while r < r1 {
-            block::<B, SEGS, 1, 4, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 4, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 4;
@@ -223,19 +247,19 @@ unsafe fn rows_impl<const B: u32, const SEGS: usize, const VNNI: bool, const GF:
         // AVX2 (16 registers, measured on Zen 3): 2 rows with 16-bit activations (two planes, twice
         // the accumulators), 3 with 8-bit ones; 4 rows spilled (int3: 20-35% slower).
         while !VNNI && !A8 && r + 2 <= r1 {
-            block::<B, SEGS, 2, 1, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 2, 1, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 2;
         }
         while !VNNI && A8 && r + 3 <= r1 {
-            block::<B, SEGS, 3, 1, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 3, 1, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 3;
         }
         while r + 4 <= r1 {
-            block::<B, SEGS, 4, 1, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 4, 1, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 4;
         }
         while r < r1 {
-            block::<B, SEGS, 1, 1, VNNI, A8>(p, act, r, k, y, ys, &mut fbuf);
+            block::<B, SEGS, 1, 1, VNNI, A8, VX>(p, act, r, k, y, ys, &mut fbuf);
             r += 1;
         }
         k += 1;
@@ -297,10 +321,12 @@ pub(super) unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256
 }
 
 /// Add the products of codes `u` (u8) with one activation plane `s` (s8) to `acc`: 32-bit lanes
-/// with VNNI, 16-bit lanes (widened per segment) without.
+/// with VNNI (`VX`: the AVX-VNNI encoding), 16-bit lanes (widened per segment) without.
 #[inline(always)]
-unsafe fn dot<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    if VNNI {
+unsafe fn dot<const VNNI: bool, const VX: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if VX {
+        _mm256_dpbusd_avx_epi32(acc, u, s)
+    } else if VNNI {
         _mm256_dpbusd_epi32(acc, u, s)
     } else {
         _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
@@ -309,8 +335,8 @@ unsafe fn dot<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i
 
 /// `256 * hi + lo` of a segment's accumulators, as 32-bit lanes.
 #[inline(always)]
-unsafe fn combine<const VNNI: bool>(hi: __m256i, lo: __m256i) -> __m256i {
-    if VNNI {
+unsafe fn combine<const VNNI: bool, const VX: bool>(hi: __m256i, lo: __m256i) -> __m256i {
+    if VNNI || VX {
         _mm256_add_epi32(_mm256_slli_epi32::<8>(hi), lo)
     } else {
         _mm256_add_epi32(_mm256_madd_epi16(hi, _mm256_set1_epi16(256)), _mm256_madd_epi16(lo, _mm256_set1_epi16(1)))
@@ -319,8 +345,8 @@ unsafe fn combine<const VNNI: bool>(hi: __m256i, lo: __m256i) -> __m256i {
 
 /// `256 * hi` of a segment's accumulator (the low plane is zero), as 32-bit lanes.
 #[inline(always)]
-unsafe fn combine_hi<const VNNI: bool>(hi: __m256i) -> __m256i {
-    if VNNI {
+unsafe fn combine_hi<const VNNI: bool, const VX: bool>(hi: __m256i) -> __m256i {
+    if VNNI || VX {
         _mm256_slli_epi32::<8>(hi)
     } else {
         _mm256_madd_epi16(hi, _mm256_set1_epi16(256))
@@ -447,10 +473,18 @@ pub(super) unsafe fn prep<const B: u32, const R: usize, const C: usize>(
     }
 }
 
-/// `R` rows from `r0`, `C` inputs from `k0`.
+/// `R` rows from `r0`, `C` inputs from `k0` (`VX`: AVX-VNNI).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize, const VNNI: bool, const A8: bool>(
+unsafe fn block<
+    const B: u32,
+    const SEGS: usize,
+    const R: usize,
+    const C: usize,
+    const VNNI: bool,
+    const A8: bool,
+    const VX: bool,
+>(
     p: &PackedMatrix,
     act: &ActQ,
     r0: usize,
@@ -526,13 +560,13 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                     let off = cc * CHUNK + 32 * j;
                     let h = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
                     for r in 0..R {
-                        ah[r][k][a] = dot::<VNNI>(ah[r][k][a], f[r], h);
+                        ah[r][k][a] = dot::<VNNI, VX>(ah[r][k][a], f[r], h);
                     }
                     // 8-bit activations: the low plane is zero (see `act`).
                     if !A8 {
                         let lo = _mm256_loadu_si256(xl[k].add(off) as *const __m256i);
                         for r in 0..R {
-                            al[r][k][a] = dot::<VNNI>(al[r][k][a], f[r], lo);
+                            al[r][k][a] = dot::<VNNI, VX>(al[r][k][a], f[r], lo);
                         }
                     }
                 }
@@ -557,7 +591,7 @@ unsafe fn block<const B: u32, const SEGS: usize, const R: usize, const C: usize,
                             } else {
                                 (ah[r][k][0], al[r][k][0])
                             };
-                            let s = _mm256_cvtepi32_ps(if A8 { combine_hi::<VNNI>(h) } else { combine::<VNNI>(h, lo) });
+                            let s = _mm256_cvtepi32_ps(if A8 { combine_hi::<VNNI, VX>(h) } else { combine::<VNNI, VX>(h, lo) });
                             facc[r][k] = _mm256_fmadd_ps(s, fv, facc[r][k]);
                             ah[r][k] = [_mm256_setzero_si256(); 2];
                             al[r][k] = [_mm256_setzero_si256(); 2];
