@@ -14,6 +14,12 @@
 //! multiplies it with the activation's absolute value (the instructions ggml's Q3_K uses). Run
 //! through the 16-bit code, the byte tables had cost the same as 16-bit ones; this way NF3 and
 //! NF4 run ~1.2x faster (`kernel_speed --isa avx2`, Zen 5).
+//!
+//! With AVX-VNNI (Intel client CPUs since Alder Lake) `vpdpbusd` and `vpdpwssd` replace the
+//! multiply-and-widen pairs; with 8-bit activations the tables then hold each entry plus 128 as
+//! an unsigned byte, so `vpdpbusd` multiplies them with the signed activations directly (no
+//! `vpsignb`, no absolute values), and one more `vpdpbusd` per input sums the activations for the
+//! correction.
 
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
@@ -129,7 +135,7 @@ unsafe fn rows_impl<const B: u32, const G: usize, const A8: bool, const VX: bool
 /// on Zen 5).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn window<const B: u32, const R: usize, const A8: bool>(
+unsafe fn window<const B: u32, const R: usize, const A8: bool, const VX: bool>(
     levels: &[__m256; 2],
     side: &[[__m256i; 4]; 2],
     sc: *const u8,
@@ -175,6 +181,8 @@ unsafe fn window<const B: u32, const R: usize, const A8: bool>(
                 // NF3: the 8 entries twice over (`vpshufb` reads 4 index bits), NF4: all 16.
                 let a = entries!(0);
                 let b = if B == 3 { _mm_packs_epi16(a, a) } else { _mm_packs_epi16(a, entries!(1)) };
+                // AVX-VNNI: the entries plus 128, as unsigned bytes (see `block`).
+                let b = if VX { _mm_xor_si128(b, _mm_set1_epi8(-128)) } else { b };
                 [_mm256_broadcastsi128_si256(b), _mm256_setzero_si256()]
             } else {
                 // Low bytes of the 8 entries in bytes 0-7, high bytes in 8-15.
@@ -285,6 +293,8 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
 
     let mut facc = [[_mm256_setzero_ps(); C]; R];
     let mut acc = [[_mm256_setzero_si256(); C]; R];
+    // AVX-VNNI with 8-bit activations: 128 times the segment's sum of each input.
+    let mut xsum = [_mm256_setzero_si256(); C];
     let mut tab = [[_mm256_setzero_si256(); 2]; R];
     let mut fac = [0f32; R];
     let mut wtab = [[[_mm256_setzero_si256(); 2]; R]; TW];
@@ -305,14 +315,26 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
                 if g >= wg1 {
                     (wg0, wg1) = (g, (g + TW).min(l.groups));
                     for r in 0..R {
-                        window::<B, R, A8>(&levels, &side, scales[r], g, wg1 - g, tmax, r, &mut wtab, &mut wfac);
+                        window::<B, R, A8, VX>(&levels, &side, scales[r], g, wg1 - g, tmax, r, &mut wtab, &mut wfac);
                     }
                 }
                 tab = wtab[g - wg0];
                 fac = wfac[g - wg0];
             }
             let off = cc * CHUNK + 32 * j;
-            if A8 {
+            if A8 && VX {
+                // `vpdpbusd` multiplies unsigned by signed bytes: the entries plus 128 (the
+                // tables hold them so) times x, less 128 times the sum of x, which one more
+                // `vpdpbusd` per input accumulates for all the tile's rows (exact in 32 bits).
+                for k in 0..C {
+                    let h = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
+                    xsum[k] = _mm256_dpbusd_avx_epi32(xsum[k], _mm256_set1_epi8(-128), h);
+                    for r in 0..R {
+                        let t = _mm256_shuffle_epi8(tab[r][0], index::<B>(&raw[r], j));
+                        acc[r][k] = _mm256_dpbusd_avx_epi32(acc[r][k], t, h);
+                    }
+                }
+            } else if A8 {
                 // `vpmaddubsw` multiplies unsigned by signed bytes: |x| times the entry carrying
                 // x's sign. Pairs sum to at most 2 * 127 * 127, short of saturating.
                 let mut h = [_mm256_setzero_si256(); C];
@@ -324,12 +346,8 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
                 for r in 0..R {
                     let t = _mm256_shuffle_epi8(tab[r][0], index::<B>(&raw[r], j));
                     for k in 0..C {
-                        let ts = _mm256_sign_epi8(t, h[k]);
-                        acc[r][k] = if VX {
-                            _mm256_dpbusd_avx_epi32(acc[r][k], ah[k], ts)
-                        } else {
-                            _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(_mm256_maddubs_epi16(ah[k], ts), ones))
-                        };
+                        let p = _mm256_maddubs_epi16(ah[k], _mm256_sign_epi8(t, h[k]));
+                        acc[r][k] = _mm256_add_epi32(acc[r][k], _mm256_madd_epi16(p, ones));
                     }
                 }
             } else {
@@ -362,9 +380,11 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
                     let d = *dseg[k].add(cc * spc + s);
                     for r in 0..R {
                         let f = _mm256_set1_ps(fac[r] * d * unit);
-                        facc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][k]), f, facc[r][k]);
+                        let s = if A8 && VX { _mm256_sub_epi32(acc[r][k], xsum[k]) } else { acc[r][k] };
+                        facc[r][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, facc[r][k]);
                         acc[r][k] = _mm256_setzero_si256();
                     }
+                    xsum[k] = _mm256_setzero_si256();
                 }
             }
         });
