@@ -268,9 +268,9 @@ pub struct Kernels {
 static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl Kernels {
-    /// The best kernels this CPU supports. `BD_KERNELS=reference|avx2|avx512|neon` forces one; a
-    /// forced ISA this CPU cannot run (or an unknown name) falls back to the reference, with one
-    /// line on stderr.
+    /// The best kernels this CPU supports. `BD_KERNELS=reference|avx2|avx512|neon` forces one
+    /// (with `-plain` appended, without its optional extensions); a forced ISA this CPU cannot run
+    /// (or an unknown name) falls back to the reference, with one line on stderr.
     ///
     /// `BD_ACT_BITS=8` selects 8-bit activations ([`Kernels::with_act8`]); `16` or unset, 16-bit.
     pub fn detect() -> Self {
@@ -285,17 +285,31 @@ impl Kernels {
         k.with_act8(act8)
     }
 
-    /// What `detect` picks for a `BD_KERNELS` value, and the warning it prints, if any.
+    /// What `detect` picks for a `BD_KERNELS` value, and the warning it prints, if any. A name
+    /// with `-plain` (`avx2-plain`) leaves out the ISA's optional extensions
+    /// ([`Kernels::without_extensions`]), as on CPUs that lack them.
     pub fn from_setting(setting: Option<&str>) -> (Self, Option<String>) {
         match setting.map(str::trim) {
-            Some(v) if !v.is_empty() => match Isa::parse(v) {
-                Some(isa) if isa.supported() => (Self::with_isa(isa), None),
-                other => {
-                    let why = if other.is_some() { "is not supported by this CPU" } else { "is not a known kernel set" };
-                    let msg = format!("BD_KERNELS={v} {why} (known: reference, avx2, avx512, neon); using the scalar reference");
-                    (Self::with_isa(Isa::Reference), Some(msg))
+            Some(v) if !v.is_empty() => {
+                let (name, plain) = match v.to_ascii_lowercase().strip_suffix("-plain") {
+                    Some(n) => (n.to_string(), true),
+                    None => (v.to_string(), false),
+                };
+                match Isa::parse(&name) {
+                    Some(isa) if isa.supported() => {
+                        let k = Self::with_isa(isa);
+                        (if plain { k.without_extensions() } else { k }, None)
+                    }
+                    other => {
+                        let why = if other.is_some() { "is not supported by this CPU" } else { "is not a known kernel set" };
+                        let msg = format!(
+                            "BD_KERNELS={v} {why} (known: reference, avx2, avx512, neon, each also with -plain: \
+                             without optional extensions); using the scalar reference"
+                        );
+                        (Self::with_isa(Isa::Reference), Some(msg))
+                    }
                 }
-            },
+            }
             _ => (Self::with_isa(*Self::available().last().expect("reference is always available")), None),
         }
     }

@@ -532,8 +532,11 @@ fn bd_kernels_setting() {
     assert!(warn.unwrap().contains("sse9"));
     for isa in Isa::ALL {
         let (k, warn) = Kernels::from_setting(Some(isa.name()));
+        let (plain, warn_plain) = Kernels::from_setting(Some(&format!("{}-plain", isa.name())));
         if isa.supported() {
             assert_eq!((k.isa(), warn), (isa, None));
+            assert_eq!((plain, warn_plain), (k.without_extensions(), None));
+            assert!(!plain.has_extensions());
         } else {
             assert_eq!(k.isa(), Isa::Reference);
             assert!(warn.unwrap().contains("not supported"));
