@@ -436,7 +436,7 @@ fn run_bench(
             "pp": pp,
             "tg": tg,
             "format": model.file().header().quant.format,
-            "kernels": session.kernels().isa().name(),
+            "kernels": session.kernels().with_act8(false).describe(),
             "act_bits": if session.kernels().act8() { 8 } else { 16 },
         })
         .to_string()
