@@ -23,6 +23,9 @@ use std::time::Instant;
     name = "bd-run",
     version,
     about = "Run and inspect BitDistiller .bd2 models on the CPU",
+    after_help = "Environment:\n  BD_KERNELS=reference|avx2|avx512|neon  force a kernel set (default: the best this CPU runs); \
+                  append -plain (avx2-plain) to leave out optional extensions such as AVX-VNNI\n  \
+                  BD_ACT_BITS=8|16  default of --act-bits",
     args_conflicts_with_subcommands = true,
     allow_negative_numbers = true
 )]
