@@ -26,7 +26,7 @@
 
 use super::act::{segs_per_chunk, ActQ};
 use super::nf_int::{levels16, tmax};
-use super::x86_int::{chunk_bytes, field, hsum, load_raw, prefetch_chunk, prefetch_range};
+use super::x86_int::{chunk_bytes, field, hsum, load_raw, pairs3, prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -201,33 +201,16 @@ unsafe fn window<const B: u32, const R: usize, const A8: bool, const VX: bool>(
     }
 }
 
-/// NF3: a chunk's code lane and high plane (`x86_int::load_raw`) as two registers whose bytes
-/// hold the whole 3-bit codes of two fields each (`[lo | hb << 2]` in bits 0-2 and 4-6): fields 0
-/// and 2 of the lane, then 1 and 3. `vpshufb` reads index bits 0-3 and 7 only, so field 0 or 1 is
-/// the register as it is and field 2 or 3 one shift away (`index`): 11 operations per chunk and
-/// row, where extracting each field's low bits and merging its high bit took 19.
-#[inline(always)]
-unsafe fn nf3_pairs(raw: [__m256i; 2]) -> [__m256i; 2] {
-    let m33 = _mm256_set1_epi8(0x33);
-    let m44 = _mm256_set1_epi8(0x44);
-    // High bit of weight 32j + i: bit 2j of high byte i (i < 16), bit 2j + 1 of byte i - 16 (the
-    // plane is broadcast to both halves). Shifting the upper half right by one puts every field's
-    // high bit at bit 2j; what the shift carries into bit 7 from the next byte is masked below.
-    let h = _mm256_srlv_epi32(raw[1], _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-    // Fields 0 and 2: low bits at 0-1 and 4-5, high bits from 0 and 4 moved to 2 and 6.
-    let even = _mm256_or_si256(_mm256_and_si256(raw[0], m33), _mm256_and_si256(_mm256_slli_epi16::<2>(h), m44));
-    // Fields 1 and 3: low bits from 2-3 and 6-7, high bits already at 2 and 6.
-    let odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<2>(raw[0]), m33), _mm256_and_si256(h, m44));
-    [even, odd]
-}
-
-/// The lookup indices of field `j` (weights `32j..32j+31`) of a chunk: NF3 from `nf3_pairs`
-/// (bits 4-6 garbage, bit 7 clear), NF4 from the two code lanes (`x86_int::field`).
+/// The lookup indices of field `j` (weights `32j..32j+31`) of a chunk: NF3 from
+/// `x86_int::pairs3`, NF4 from the two code lanes (`x86_int::field`). `vpshufb` reads index bits
+/// 0-3 and 7 only, so NF3's fields 0 and 1 are the two registers as they are (bits 4-6 hold
+/// another field) and fields 2 and 3 one shift away: 11 operations per chunk and row to unpack
+/// the codes, where extracting each field's low bits and merging its high bit took 19.
 #[inline(always)]
 unsafe fn index<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256i {
     if B == 3 {
         // A 16-bit shift by 4 brings the next byte's bits 0-3 into bits 4-7: bit 7 is its bit 3,
-        // which `nf3_pairs` leaves clear.
+        // which `pairs3` leaves clear.
         match j {
             0 => raw[0],
             1 => raw[1],
@@ -304,7 +287,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
         let mut raw = [[_mm256_setzero_si256(); 2]; R];
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
-            raw[r] = if B == 3 { nf3_pairs(load_raw::<B>(cp)) } else { load_raw::<B>(cp) };
+            raw[r] = if B == 3 { pairs3(load_raw::<B>(cp)) } else { load_raw::<B>(cp) };
             // The same chunk 4 rows ahead (see x86_int::prefetch).
             prefetch_chunk(cp.wrapping_add(PF_ROWS * l.row_code_bytes), cc, cb);
         }

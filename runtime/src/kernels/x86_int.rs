@@ -304,19 +304,41 @@ pub(super) unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256
                 _ => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[1]), m15),
             }
         }
-        _ => {
-            // High bit of weight 32j + i: bit 2j of high byte i (i < 16), bit 2j + 1 of byte
-            // i - 16 (i >= 16), moved to bit 2. Shifting 32-bit lanes by at most 5 right or 2
-            // left never carries a neighbouring byte's bit into bit 2.
-            let h = raw[1];
-            let hs = match j {
-                0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1)),
-                1 => _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
-                2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
-                _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5)),
-            };
-            _mm256_or_si256(field2(raw[0], j), _mm256_and_si256(hs, _mm256_set1_epi8(4)))
-        }
+        // The kernels take `pairs3` once per chunk and `field3` per field instead (fewer
+        // operations); this is the same, for a single field.
+        _ => field3(&pairs3(*raw), j),
+    }
+}
+
+/// 3-bit codes: a chunk's code lane and high plane (`load_raw`) as two registers whose bytes hold
+/// two fields' whole codes each (`lo | hb << 2` in bits 0-2 and 4-6, bits 3 and 7 clear): fields 0
+/// and 2 of the lane, then 1 and 3 (`field3`). Merging the high bits once per chunk rather than
+/// per field: 11 operations, then 1-2 per field.
+#[inline(always)]
+pub(super) unsafe fn pairs3(raw: [__m256i; 2]) -> [__m256i; 2] {
+    let m33 = _mm256_set1_epi8(0x33);
+    let m44 = _mm256_set1_epi8(0x44);
+    // High bit of weight 32j + i: bit 2j of high byte i (i < 16), bit 2j + 1 of byte i - 16 (the
+    // plane is broadcast to both halves). Shifting the upper half right by one puts every field's
+    // high bit at bit 2j; what the shift carries into bit 7 from the next byte is masked below.
+    let h = _mm256_srlv_epi32(raw[1], _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    // Fields 0 and 2: low bits at 0-1 and 4-5, high bits from 0 and 4 moved to 2 and 6.
+    let even = _mm256_or_si256(_mm256_and_si256(raw[0], m33), _mm256_and_si256(_mm256_slli_epi16::<2>(h), m44));
+    // Fields 1 and 3: low bits from 2-3 and 6-7, high bits already at 2 and 6.
+    let odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<2>(raw[0]), m33), _mm256_and_si256(h, m44));
+    [even, odd]
+}
+
+/// The codes of weights `32j..32j+31` of a chunk, one per byte, from `pairs3`.
+#[inline(always)]
+pub(super) unsafe fn field3(pairs: &[__m256i; 2], j: usize) -> __m256i {
+    let m7 = _mm256_set1_epi8(7);
+    match j {
+        0 => _mm256_and_si256(pairs[0], m7),
+        1 => _mm256_and_si256(pairs[1], m7),
+        // A 16-bit shift by 4 brings the next byte's bits 0-3 into bits 4-7; the mask drops them.
+        2 => _mm256_and_si256(_mm256_srli_epi16::<4>(pairs[0]), m7),
+        _ => _mm256_and_si256(_mm256_srli_epi16::<4>(pairs[1]), m7),
     }
 }
 
@@ -535,7 +557,7 @@ unsafe fn block<
             let cc = w0 + c;
             let mut raw = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
-                raw[r] = load_raw::<B>(codes[r].add(cc * cb));
+                raw[r] = if B == 3 { pairs3(load_raw::<B>(codes[r].add(cc * cb))) } else { load_raw::<B>(codes[r].add(cc * cb)) };
                 // Streams of a few KB are too short for the hardware prefetcher to pick up:
                 // fetch the same chunk of the next block of rows, one block ahead.
                 if B != 2 || cc % 2 == 0 {
@@ -554,7 +576,7 @@ unsafe fn block<
                 let a = if split { j % 2 } else { 0 };
                 let mut f = [_mm256_setzero_si256(); R];
                 for r in 0..R {
-                    f[r] = field::<B>(&raw[r], j);
+                    f[r] = if B == 3 { field3(&raw[r], j) } else { field::<B>(&raw[r], j) };
                 }
                 for k in 0..C {
                     let off = cc * CHUNK + 32 * j;
