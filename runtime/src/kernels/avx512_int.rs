@@ -44,7 +44,7 @@ unsafe fn field2<const GF: bool>(w: __m512i, j: usize) -> __m512i {
 }
 
 /// `x86_int::field` on a pair of rows: the codes of weights `32j..32j+31` of a chunk, one per
-/// byte.
+/// byte (3-bit codes: of `raw` as `pairs3` leaves it).
 #[inline(always)]
 pub(super) unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> __m512i {
     match B {
@@ -58,21 +58,37 @@ pub(super) unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: 
                 _ => _mm512_and_si512(_mm512_srli_epi16::<4>(raw[1]), m15),
             }
         }
+        // 3-bit codes: from `pairs3` (the kernel takes it once per chunk).
         _ => {
-            // As in x86_int::field, per 256-bit half (each row's high plane is broadcast to both
-            // of its 128-bit quarters).
-            let h = raw[1];
-            let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b);
-            let hs = match j {
-                0 => _mm512_sllv_epi32(h, c(2, 1)),
-                1 => _mm512_srlv_epi32(h, c(0, 1)),
-                2 => _mm512_srlv_epi32(h, c(2, 3)),
-                _ => _mm512_srlv_epi32(h, c(4, 5)),
-            };
-            // Bit 2 of each byte from hs, the others from the low bits (bit 2 zero there).
-            _mm512_ternarylogic_epi32::<0xD8>(field2::<GF>(raw[0], j), hs, _mm512_set1_epi8(4))
+            let m7 = _mm512_set1_epi8(7);
+            match (GF, j) {
+                (_, 0) => _mm512_and_si512(raw[0], m7),
+                (_, 1) => _mm512_and_si512(raw[1], m7),
+                // Bits 4-6 of each byte to 0-2, the others cleared, in one affine transform.
+                (true, _) => _mm512_gf2p8affine_epi64_epi8::<0>(
+                    raw[j - 2],
+                    _mm512_set1_epi64((16i64 << 56) | (32i64 << 48) | (64i64 << 40)),
+                ),
+                (false, _) => _mm512_and_si512(_mm512_srli_epi16::<4>(raw[j - 2]), m7),
+            }
         }
     }
+}
+
+/// `x86_int::pairs3` on a pair of rows (the high planes broadcast to the 128-bit quarters of each
+/// row's half): bytes holding the codes of fields 0 and 2 (bits 0-2, 4-6), then 1 and 3; bits 3
+/// and 7 are garbage here, which `field` masks. 5 operations per chunk and pair of rows for the
+/// high bits of all four fields, where merging them field by field took 8.
+#[inline(always)]
+pub(super) unsafe fn pairs3(raw: &[__m512i; 2]) -> [__m512i; 2] {
+    let c = |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b);
+    let m33 = _mm512_set1_epi8(0x33);
+    // Every field's high bit at bit 2j (see x86_int::pairs3).
+    let h = _mm512_srlv_epi32(raw[1], c(0, 1));
+    // (C ? B : A): the low bits where the mask is set, the high bits (moved to 2 and 6) elsewhere.
+    let even = _mm512_ternarylogic_epi32::<0xD8>(_mm512_slli_epi16::<2>(h), raw[0], m33);
+    let odd = _mm512_ternarylogic_epi32::<0xD8>(h, _mm512_srli_epi16::<2>(raw[0]), m33);
+    [even, odd]
 }
 
 /// The factors of field `j` of chunk `c` of the window in slots `a` and `b` of `fb` (the
@@ -256,6 +272,9 @@ pub(super) unsafe fn pair_block<
             for i in 0..np {
                 let (a, b) = (load_raw::<B>(codes[2 * i].add(cc * cb)), load_raw::<B>(codes[2 * i + 1].add(cc * cb)));
                 raw[i] = [pair(a[0], b[0]), if B == 2 { _mm512_setzero_si512() } else { pair(a[1], b[1]) }];
+                if B == 3 {
+                    raw[i] = pairs3(&raw[i]);
+                }
             }
             for r in 0..R {
                 // As in x86_int::block: the same chunk of the next block of rows.
