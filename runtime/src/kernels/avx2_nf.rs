@@ -6,8 +6,9 @@
 //! each at once. `vpunpcklbw` / `vpunpckhbw` pair the bytes back into entries (elements 0-7 and
 //! 16-23, then 8-15 and 24-31 of the 32, which is the order `nf_int::unpack_order` stores the
 //! activations in) and `vpmaddwd` multiplies them with the activations. The codes are unpacked to
-//! bytes as for the INT formats (`x86_int::field`). This replaces the exact f32 method (`vpermps`
-//! and an FMA per 8 weights), which ran NF3 at a quarter of ggml Q3_K's speed on Zen 3.
+//! bytes as for the INT formats (`x86_int::field`; NF3 two fields per register, `index`). This
+//! replaces the exact f32 method (`vpermps` and an FMA per 8 weights), which ran NF3 at a quarter
+//! of ggml Q3_K's speed on Zen 3.
 //!
 //! With 8-bit activations (`act8`) the entries are signed bytes (`nf_int::TMAX8`): one `vpshufb`
 //! per 32 weights, `vpsignb` moves the activation's sign onto the entry, and `vpmaddubsw`
