@@ -14,13 +14,13 @@
 //! per 32 weights, `vpsignb` moves the activation's sign onto the entry, and `vpmaddubsw`
 //! multiplies it with the activation's absolute value (the instructions ggml's Q3_K uses). Run
 //! through the 16-bit code, the byte tables had cost the same as 16-bit ones; this way NF3 and
-//! NF4 run ~1.2x faster (`kernel_speed --isa avx2`, Zen 5).
+//! NF4 run ~1.2x faster (`kernel_speed --isa avx2 --plain`, Zen 5).
 //!
-//! With AVX-VNNI (Intel client CPUs since Alder Lake) `vpdpbusd` and `vpdpwssd` replace the
-//! multiply-and-widen pairs; with 8-bit activations the tables then hold each entry plus 128 as
-//! an unsigned byte, so `vpdpbusd` multiplies them with the signed activations directly (no
-//! `vpsignb`, no absolute values), and one more `vpdpbusd` per input sums the activations for the
-//! correction.
+//! With AVX-VNNI (Intel's client CPUs since Alder Lake have it without AVX-512) `vpdpbusd` and
+//! `vpdpwssd` replace the multiply-and-widen pairs; with 8-bit activations the tables then hold
+//! each entry plus 128 as an unsigned byte, so `vpdpbusd` multiplies them with the signed
+//! activations directly (no `vpsignb`, no absolute values), and one more `vpdpbusd` per input sums
+//! the activations for the correction.
 
 // Kernels index several parallel per-row / per-input arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
@@ -92,7 +92,8 @@ unsafe fn rows<const B: u32, const G: usize, const A8: bool>(
 
 /// Tiles: 1 row x 2 inputs while two inputs remain; for one input, 16-bit activations take 1 row
 /// (measured on Zen 3: 2 rows, each with its two table registers, ran 10% slower) and 8-bit ones 2
-/// (their activations' loads and absolute values serve both rows; 1 row measured the same).
+/// (their activations' loads, and absolute values or with AVX-VNNI sums, serve both rows; 1 row
+/// measured the same).
 /// `VX`: AVX-VNNI.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -128,8 +129,8 @@ unsafe fn rows_impl<const B: u32, const G: usize, const A8: bool, const VX: bool
 
 /// The tables of groups `g..g + n` of one row (`sc`: the row's `[pos, neg]` f16 scales) into
 /// `tab[i][r]`, `fac[i][r]`: the low bytes and the high bytes of each group's entries (`A8`: the
-/// entries themselves, signed bytes, in `tab[i][r][0]`), each repeated in both 128-bit halves,
-/// and the factor `m / tmax`. Four groups per step: one
+/// entries themselves, signed bytes, in `tab[i][r][0]`; with `VX` each plus 128, unsigned), each
+/// repeated in both 128-bit halves, and the factor `m / tmax`. Four groups per step: one
 /// conversion, division and product for their factors, then per group one permute of the scales
 /// and one FMA (the arithmetic of `nf_int::group_factors` and `nf_int::table_entry`). Built a
 /// group at a time with scalar factors, the tables took ~40% of the kernel's time (`--isa avx2`

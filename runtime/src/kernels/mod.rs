@@ -257,9 +257,10 @@ pub struct Kernels {
     gfni: bool,
     /// AVX-512 only: byte permutes (`vpermb`, AVX512-VBMI) for the NF byte kernel with `act8`.
     vbmi: bool,
-    /// AVX2 only: AVX-VNNI (`{vex} vpdpbusd` / `vpdpwssd` on 256-bit registers: Intel Alder Lake
-    /// and later client CPUs, which have no AVX-512) in place of `vpmaddubsw` / `vpmaddwd` and
-    /// their widening adds.
+    /// AVX2 only: AVX-VNNI (`{vex} vpdpbusd` / `vpdpwssd` on 256-bit registers) in place of
+    /// `vpmaddubsw` / `vpmaddwd` and their widening adds. What it is for: Intel's client CPUs since
+    /// Alder Lake have it without AVX-512, so they run the AVX2 kernels (CPUs with AVX-512 as well,
+    /// such as Zen 5, run the AVX-512 ones).
     avxvnni: bool,
     /// Quantize activations of the integer kernels to 8 bits instead of 16 (`act.rs`).
     act8: bool,

@@ -9,8 +9,9 @@
 //! - AVX-512: `vpdpbusd` (u8 codes x s8 planes, 4 products per 32-bit lane) into a `hi` and a
 //!   `lo` accumulator; per segment `S = (hi << 8) + lo`.
 //! - AVX2: `vpmaddubsw` into 16-bit sums (at most 4 fields per segment: no overflow), widened
-//!   once per segment by `vpmaddwd` with 256 and 1; with AVX-VNNI (Intel client CPUs since Alder
-//!   Lake, no AVX-512), the VEX-encoded `vpdpbusd` as for AVX-512, on the AVX2 tiles.
+//!   once per segment by `vpmaddwd` with 256 and 1; with AVX-VNNI (which Intel's client CPUs
+//!   since Alder Lake have without AVX-512), the VEX-encoded `vpdpbusd` as for AVX-512, on the
+//!   AVX2 tiles.
 //!
 //! Measured on Zen 4, 256-bit operations cost half of 512-bit ones and `vpdpbusd ymm` runs two per
 //! cycle, so these kernels use 256-bit registers on both ISAs (the AVX-512 build gets 32 of them
@@ -304,16 +305,15 @@ pub(super) unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256
                 _ => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[1]), m15),
             }
         }
-        // The kernels take `pairs3` once per chunk and `field3` per field instead (fewer
-        // operations); this is the same, for a single field.
-        _ => field3(&pairs3(*raw), j),
+        // 3-bit codes: the kernels take `pairs3` once per chunk and `field3` per field.
+        _ => unreachable!("3-bit codes are unpacked by pairs3 and field3"),
     }
 }
 
 /// 3-bit codes: a chunk's code lane and high plane (`load_raw`) as two registers whose bytes hold
 /// two fields' whole codes each (`lo | hb << 2` in bits 0-2 and 4-6, bits 3 and 7 clear): fields 0
 /// and 2 of the lane, then 1 and 3 (`field3`). Merging the high bits once per chunk rather than
-/// per field: 11 operations, then 1-2 per field.
+/// per field: 9 operations, then 1-2 per field (19 in all before).
 #[inline(always)]
 pub(super) unsafe fn pairs3(raw: [__m256i; 2]) -> [__m256i; 2] {
     let m33 = _mm256_set1_epi8(0x33);
@@ -568,7 +568,8 @@ unsafe fn block<
                 }
             }
             // Two accumulators per plane (even and odd fields) halve the chains of dependent
-            // `vpdpbusd` when the tile is small; with 4 inputs the tile has enough chains.
+            // `vpdpbusd` when the tile is small; with 4 inputs the tile has enough chains. (Not
+            // with AVX-VNNI: on 16 registers the AVX2 tiles then spilled, 10-20% slower.)
             let split = VNNI && R * C <= 4;
             let mut ah = [[[_mm256_setzero_si256(); 2]; C]; R];
             let mut al = [[[_mm256_setzero_si256(); 2]; C]; R];
