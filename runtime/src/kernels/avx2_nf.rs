@@ -27,7 +27,7 @@
 
 use super::act::{segs_per_chunk, ActQ};
 use super::nf_int::{levels16, tmax};
-use super::x86_int::{chunk_bytes, field, hsum, load_raw, pairs3, prefetch_chunk, prefetch_range};
+use super::x86_int::{chunk_bytes, field, hsum, load_codes, prefetch_chunk, prefetch_range};
 use bd_formats::quant::{PackedMatrix, CHUNK};
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -203,8 +203,8 @@ unsafe fn window<const B: u32, const R: usize, const A8: bool, const VX: bool>(
     }
 }
 
-/// The lookup indices of field `j` (weights `32j..32j+31`) of a chunk: NF3 from
-/// `x86_int::pairs3`, NF4 from the two code lanes (`x86_int::field`). `vpshufb` reads index bits
+/// The lookup indices of field `j` (weights `32j..32j+31`) of a chunk from
+/// `x86_int::load_codes`: NF3 from `x86_int::pairs3` unmasked, NF4 as `x86_int::field`. `vpshufb` reads index bits
 /// 0-3 and 7 only, so NF3's fields 0 and 1 are the two registers as they are (bits 4-6 hold
 /// another field) and fields 2 and 3 one shift away: 11 operations per chunk and row to unpack
 /// the codes, where extracting each field's low bits and merging its high bit took 19.
@@ -289,7 +289,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
         let mut raw = [[_mm256_setzero_si256(); 2]; R];
         for r in 0..R {
             let cp = codes[r].add(cc * cb);
-            raw[r] = if B == 3 { pairs3(load_raw::<B>(cp)) } else { load_raw::<B>(cp) };
+            raw[r] = load_codes::<B>(cp);
             // The same chunk 4 rows ahead (see x86_int::prefetch).
             prefetch_chunk(cp.wrapping_add(PF_ROWS * l.row_code_bytes), cc, cb);
         }
@@ -311,12 +311,15 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize, co
                 // `vpdpbusd` multiplies unsigned by signed bytes: the entries plus 128 (the
                 // tables hold them so) times x, less 128 times the sum of x, which one more
                 // `vpdpbusd` per input accumulates for all the tile's rows (exact in 32 bits).
+                let mut h = [_mm256_setzero_si256(); C];
                 for k in 0..C {
-                    let h = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
-                    xsum[k] = _mm256_dpbusd_avx_epi32(xsum[k], _mm256_set1_epi8(-128), h);
-                    for r in 0..R {
-                        let t = _mm256_shuffle_epi8(tab[r][0], index::<B>(&raw[r], j));
-                        acc[r][k] = _mm256_dpbusd_avx_epi32(acc[r][k], t, h);
+                    h[k] = _mm256_loadu_si256(xh[k].add(off) as *const __m256i);
+                    xsum[k] = _mm256_dpbusd_avx_epi32(xsum[k], _mm256_set1_epi8(-128), h[k]);
+                }
+                for r in 0..R {
+                    let t = _mm256_shuffle_epi8(tab[r][0], index::<B>(&raw[r], j));
+                    for k in 0..C {
+                        acc[r][k] = _mm256_dpbusd_avx_epi32(acc[r][k], t, h[k]);
                     }
                 }
             } else if A8 {

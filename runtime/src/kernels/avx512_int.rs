@@ -45,7 +45,7 @@ unsafe fn field2<const GF: bool>(w: __m512i, j: usize) -> __m512i {
 
 /// The codes of weights `32j..32j+31` of a chunk of a pair of rows, one per byte: 2- and 4-bit
 /// codes from the lanes as loaded (as `x86_int::field`), 3-bit codes from `raw` after `pairs3`
-/// (as `x86_int::field3`).
+/// (as `x86_int::field`).
 #[inline(always)]
 pub(super) unsafe fn field<const B: u32, const GF: bool>(raw: &[__m512i; 2], j: usize) -> __m512i {
     match B {

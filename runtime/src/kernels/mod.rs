@@ -13,8 +13,8 @@
 //!   32-byte lanes of the packed layout; each product uses both signed bytes of the activation
 //!   (`X = 256 hi + lo`): `vpdpbusd` (AVX-512 VNNI; for one input on 512-bit registers holding two
 //!   rows, `avx512_int.rs`, since the 256-bit tile was bound by instruction throughput),
-//!   `vpmaddubsw` (AVX2; `vpdpbusd` with AVX-VNNI), `sdot` (NEON dot product; `smlal` on 16-bit `X` without it). Integer
-//!   sums are exact; scale and zero point are applied once per group:
+//!   `vpmaddubsw` (AVX2; `vpdpbusd` with AVX-VNNI), `sdot` (NEON dot product; `smlal` on 16-bit
+//!   `X` without it). Integer sums are exact; scale and zero point are applied once per group:
 //!   `y += (s d) sum q X - s z sum d X`. Against the exact f32 dot product the rounding of `X`
 //!   costs ~7e-5 (normwise, N(0,1) activations with 1% outliers x10; the tests check 1e-4 and
 //!   the per-row bound `sum |w| d / 2`). The scalar twin `act::int_row_twin` computes the same
@@ -292,11 +292,12 @@ impl Kernels {
     pub fn from_setting(setting: Option<&str>) -> (Self, Option<String>) {
         match setting.map(str::trim) {
             Some(v) if !v.is_empty() => {
-                let (name, plain) = match v.to_ascii_lowercase().strip_suffix("-plain") {
-                    Some(n) => (n.to_string(), true),
-                    None => (v.to_string(), false),
+                let lower = v.to_ascii_lowercase();
+                let (name, plain) = match lower.strip_suffix("-plain") {
+                    Some(n) => (n, true),
+                    None => (lower.as_str(), false),
                 };
-                match Isa::parse(&name) {
+                match Isa::parse(name) {
                     Some(isa) if isa.supported() => {
                         let k = Self::with_isa(isa);
                         (if plain { k.without_extensions() } else { k }, None)

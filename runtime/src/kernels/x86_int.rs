@@ -291,7 +291,18 @@ unsafe fn field2(w: __m256i, j: usize) -> __m256i {
     }
 }
 
-/// The codes of weights `32j..32j+31` of a chunk, one per byte.
+/// One chunk of one row as `field` takes it: `load_raw`, and for 3-bit codes `pairs3`.
+#[inline(always)]
+pub(super) unsafe fn load_codes<const B: u32>(p: *const u8) -> [__m256i; 2] {
+    let raw = load_raw::<B>(p);
+    if B == 3 {
+        pairs3(raw)
+    } else {
+        raw
+    }
+}
+
+/// The codes of weights `32j..32j+31` of a chunk, one per byte, from `load_codes`.
 #[inline(always)]
 pub(super) unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256i {
     match B {
@@ -305,14 +316,24 @@ pub(super) unsafe fn field<const B: u32>(raw: &[__m256i; 2], j: usize) -> __m256
                 _ => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[1]), m15),
             }
         }
-        // 3-bit codes: the kernels take `pairs3` once per chunk and `field3` per field.
-        _ => unreachable!("3-bit codes are unpacked by pairs3 and field3"),
+        // 3-bit codes, from `pairs3`.
+        _ => {
+            let m7 = _mm256_set1_epi8(7);
+            match j {
+                0 => _mm256_and_si256(raw[0], m7),
+                1 => _mm256_and_si256(raw[1], m7),
+                // A 16-bit shift by 4 brings the next byte's bits 0-3 into bits 4-7; the mask
+                // drops them.
+                2 => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[0]), m7),
+                _ => _mm256_and_si256(_mm256_srli_epi16::<4>(raw[1]), m7),
+            }
+        }
     }
 }
 
 /// 3-bit codes: a chunk's code lane and high plane (`load_raw`) as two registers whose bytes hold
 /// two fields' whole codes each (`lo | hb << 2` in bits 0-2 and 4-6, bits 3 and 7 clear): fields 0
-/// and 2 of the lane, then 1 and 3 (`field3`). Merging the high bits once per chunk rather than
+/// and 2 of the lane, then 1 and 3 (`field`). Merging the high bits once per chunk rather than
 /// per field: 9 operations, then 1-2 per field (19 in all before).
 #[inline(always)]
 pub(super) unsafe fn pairs3(raw: [__m256i; 2]) -> [__m256i; 2] {
@@ -327,19 +348,6 @@ pub(super) unsafe fn pairs3(raw: [__m256i; 2]) -> [__m256i; 2] {
     // Fields 1 and 3: low bits from 2-3 and 6-7, high bits already at 2 and 6.
     let odd = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<2>(raw[0]), m33), _mm256_and_si256(h, m44));
     [even, odd]
-}
-
-/// The codes of weights `32j..32j+31` of a chunk, one per byte, from `pairs3`.
-#[inline(always)]
-pub(super) unsafe fn field3(pairs: &[__m256i; 2], j: usize) -> __m256i {
-    let m7 = _mm256_set1_epi8(7);
-    match j {
-        0 => _mm256_and_si256(pairs[0], m7),
-        1 => _mm256_and_si256(pairs[1], m7),
-        // A 16-bit shift by 4 brings the next byte's bits 0-3 into bits 4-7; the mask drops them.
-        2 => _mm256_and_si256(_mm256_srli_epi16::<4>(pairs[0]), m7),
-        _ => _mm256_and_si256(_mm256_srli_epi16::<4>(pairs[1]), m7),
-    }
 }
 
 /// Add the products of codes `u` (u8) with one activation plane `s` (s8) to `acc`: 32-bit lanes
@@ -557,7 +565,7 @@ unsafe fn block<
             let cc = w0 + c;
             let mut raw = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
-                raw[r] = if B == 3 { pairs3(load_raw::<B>(codes[r].add(cc * cb))) } else { load_raw::<B>(codes[r].add(cc * cb)) };
+                raw[r] = load_codes::<B>(codes[r].add(cc * cb));
                 // Streams of a few KB are too short for the hardware prefetcher to pick up:
                 // fetch the same chunk of the next block of rows, one block ahead.
                 if B != 2 || cc % 2 == 0 {
@@ -577,7 +585,7 @@ unsafe fn block<
                 let a = if split { j % 2 } else { 0 };
                 let mut f = [_mm256_setzero_si256(); R];
                 for r in 0..R {
-                    f[r] = if B == 3 { field3(&raw[r], j) } else { field::<B>(&raw[r], j) };
+                    f[r] = field::<B>(&raw[r], j);
                 }
                 for k in 0..C {
                     let off = cc * CHUNK + 32 * j;
