@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p bd-runtime --example kernel_speed [-- --isa avx2] [--plain] [--quick] [--formats int2,nf3]`
 //!
-//! For each format (group 128) and shape (4096x4096, 11008x4096), 1 and 2 threads:
+//! For each format (group 128, or `--group N`) and shape (4096x4096, 11008x4096), 1 and 2 threads:
 //! - cache: the same matrix again and again (4096x4096 int2 is 4.4 MB: L3);
 //! - l2: a 256-row slice of it again and again (fits the 1 MB L2);
 //! - dram: a set of copies totalling more than 64 MiB, cycled through;
@@ -102,6 +102,7 @@ fn main() {
         .unwrap_or_else(|| vec![QuantFormat::Int2, QuantFormat::Nf3, QuantFormat::Int3, QuantFormat::Int4]);
     let thread_counts: Vec<usize> =
         arg("--threads").map(|s| s.split(',').map(|t| t.parse().expect("--threads")).collect()).unwrap_or(vec![1, 2]);
+    let group: usize = arg("--group").map(|g| g.parse().expect("--group: a group size")).unwrap_or(128);
     let budget = Duration::from_millis(if quick { 300 } else { 1000 });
     println!("kernels: {}", kernels.describe());
     let skip_bw = args.iter().any(|a| a == "--no-bw");
@@ -113,8 +114,8 @@ fn main() {
     for format in formats {
         for (rows, cols) in [(4096usize, 4096usize), (11008, 4096)] {
             let w: Vec<f32> = (0..rows * cols).map(|_| 0.02 * rng.next()).collect();
-            let layout = PackedLayout::new(format, 128, rows, cols).unwrap();
-            let blob = pack_matrix(format, 128, rows, cols, &w).unwrap();
+            let layout = PackedLayout::new(format, group, rows, cols).unwrap();
+            let blob = pack_matrix(format, group, rows, cols, &w).unwrap();
             drop(w);
             let copies = (64 << 20) / blob.len() + 2;
             let blobs: Vec<Vec<u8>> = (0..copies).map(|_| blob.clone()).collect();
@@ -123,8 +124,8 @@ fn main() {
                 .map(|b| Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, b).unwrap()) })
                 .collect();
             let small_rows = 256;
-            let small_layout = PackedLayout::new(format, 128, small_rows, cols).unwrap();
-            let small_blob = pack_matrix(format, 128, small_rows, cols, &vec![0.01; small_rows * cols]).unwrap();
+            let small_layout = PackedLayout::new(format, group, small_rows, cols).unwrap();
+            let small_blob = pack_matrix(format, group, small_rows, cols, &vec![0.01; small_rows * cols]).unwrap();
             let small =
                 Weight { rows: small_rows, cols, data: WeightData::Quant(PackedMatrix::new(small_layout, &small_blob).unwrap()) };
             let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
@@ -141,7 +142,7 @@ fn main() {
                     let gbs = bytes as f64 / secs / 1e9;
                     println!(
                         "{:<10} {:<11} {:>3} {:<5} {:>10.4} {:>8.1} {:>6.0}%",
-                        format!("{}_g128", format.name()),
+                        format!("{}_g{group}", format.name()),
                         format!("{rows}x{cols}"),
                         threads,
                         place,

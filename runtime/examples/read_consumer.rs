@@ -14,7 +14,9 @@
 //! With `--kernel FORMAT` the same sandwich holds our matrix-vector kernel instead
 //! (`Kernels::detect`, group 128, `,a8` for 8-bit activations) over a set of 4096x4096 and
 //! 11008x4096 matrices of about 256 MiB, far beyond the last-level cache: a DRAM figure that the
-//! host's drift disturbs less than `kernel_compare`'s medians do.
+//! host's drift disturbs less than `kernel_compare`'s medians do. It runs on 1 thread, on 2 with a
+//! join per product (as in the forward pass), and on 2 with no joins (each thread its own half of
+//! the set), which shows what the products' hand-offs cost.
 
 #[cfg(target_arch = "x86_64")]
 mod consumer {
@@ -102,13 +104,38 @@ mod consumer {
             let x: Vec<f32> = (0..cols).map(|_| rnd() * 50.0).collect();
             let mut y = vec![0f32; rows];
             let mut scratch = Scratch::new(cols, 1);
-            for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+            // Threads 3: two threads with no join between products, each its own half of the
+            // matrices on a pool of one (what the 2-thread products would read without their
+            // hand-offs: waking the second thread, waiting for the last row block, quantizing the
+            // input on one thread).
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.min(2)).build().expect("thread pool");
+                let solo: Vec<rayon::ThreadPool> =
+                    (0..2).map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool")).collect();
                 pool.install(|| {
                     let mut pass = || {
                         let t = Instant::now();
-                        for m in &mats {
-                            kernels.matvec(m, &x, &mut y, &mut scratch);
+                        if threads == 3 {
+                            let half = mats.len() / 2;
+                            let start = std::sync::Barrier::new(2);
+                            std::thread::scope(|s| {
+                                for (i, part) in [&mats[..half], &mats[half..]].into_iter().enumerate() {
+                                    let (solo, start, x) = (&solo[i], &start, &x);
+                                    s.spawn(move || {
+                                        let (mut y, mut scratch) = (vec![0f32; rows], Scratch::new(cols, 1));
+                                        start.wait();
+                                        solo.install(|| {
+                                            for m in part {
+                                                kernels.matvec(m, x, &mut y, &mut scratch);
+                                            }
+                                        })
+                                    });
+                                }
+                            });
+                        } else {
+                            for m in &mats {
+                                kernels.matvec(m, &x, &mut y, &mut scratch);
+                            }
                         }
                         (copies * blob.len()) as f64 / t.elapsed().as_secs_f64() / 1e9
                     };
@@ -124,9 +151,10 @@ mod consumer {
                     }
                     let n = rounds as f64;
                     say(format!(
-                        "{} {format}{} {rows}x{cols}, {threads} thread(s): {:.1} GB/s, {:.0}% of the probe around it ({:.1} GB/s)",
+                        "{} {format}{} {rows}x{cols}, {}: {:.1} GB/s, {:.0}% of the probe around it ({:.1} GB/s)",
                         kernels.describe(),
                         if a8 { " a8" } else { "" },
+                        if threads == 3 { "2 threads, no joins".to_string() } else { format!("{threads} thread(s)") },
                         gb / n,
                         100.0 * frac / n,
                         probe / n
