@@ -5,8 +5,8 @@
 //! A 16-bit word of packed codes holds the codes of two neighbouring elements (bytes `2k` and
 //! `2k + 1` of a lane), and `vpermw` on 256-bit registers reads only the low 4 bits of each index
 //! word (5 on 512-bit registers). So one shift of the code lane per lookup puts a code in those
-//! bits and the bits above are ignored; NF3's code keeps its high bit in index bit 3, and the
-//! tables (`avx512_nf_window`) repeat its levels over the garbage bits 2 and 4. A lookup yields the
+//! bits and the bits above are ignored; NF3's code takes index bits 0-2, and its 8-entry tables
+//! (`avx512_nf_window`) repeat over the garbage bits 3 and 4. A lookup yields the
 //! even or the odd elements of 32 consecutive weights; the activations are stored in that order
 //! (`nf_int::pair_order`). This replaces the exact f32 method (`vpermps` and FMA on 16 floats, 2.1x
 //! the time of the INT kernels per weight) with 16 weights per `vpdpwssd`.
@@ -81,7 +81,7 @@ unsafe fn rows<const B: u32, const G: usize>(
 }
 
 /// The codes of weights `32t..32t+31` of a chunk, one per byte in bits 0-3 (NF3: the low bits in
-/// bits 0-1 and the high bit in bit 3, as the word tables of `avx512_nf_window` expect; bit 2 and
+/// bits 0-1 and the high bit in bit 2, as the word tables of `avx512_nf_window` expect; bit 3 and
 /// the bits above are garbage): the even elements are the low bytes of its words, the odd ones the
 /// high bytes. `raw`: NF4, the two code lanes; NF3, the low-bit lane and the high plane broadcast
 /// to both 128-bit halves.
@@ -103,16 +103,16 @@ unsafe fn code_block<const B: u32>(raw: &[__m256i; 2], t: usize) -> __m256i {
             _ => _mm256_srli_epi16::<6>(v),
         };
         // High bit of weight 32t + i: bit 2t of high byte i (i < 16), bit 2t + 1 of byte i - 16
-        // (i >= 16), moved to bit 3.
+        // (i >= 16), moved to bit 2 (t = 1 moves bits both ways: a rotation).
         let h = raw[1];
         let hs = match t {
-            0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2)),
-            1 => _mm256_sllv_epi32(h, _mm256_setr_epi32(1, 1, 1, 1, 0, 0, 0, 0)),
-            2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(1, 1, 1, 1, 2, 2, 2, 2)),
-            _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(3, 3, 3, 3, 4, 4, 4, 4)),
+            0 => _mm256_sllv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1)),
+            1 => _mm256_rolv_epi32(h, _mm256_setr_epi32(0, 0, 0, 0, 31, 31, 31, 31)),
+            2 => _mm256_srlv_epi32(h, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
+            _ => _mm256_srlv_epi32(h, _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5)),
         };
-        // Bit 3 of each byte from hs, the others from a.
-        _mm256_ternarylogic_epi32::<0xD8>(a, hs, _mm256_set1_epi8(8))
+        // Bit 2 of each byte from hs, the others from a.
+        _mm256_ternarylogic_epi32::<0xD8>(a, hs, _mm256_set1_epi8(4))
     }
 }
 
@@ -206,7 +206,7 @@ unsafe fn block_z<const B: u32, const G: usize, const R: usize, const C: usize>(
             unroll!(odd in [0, 1] {
                 let mut lk = [_mm512_setzero_si512(); R];
                 for r in 0..R {
-                    lk[r] = _mm512_permutexvar_epi16(idx[r][h][odd], win.words_z(r, gi));
+                    lk[r] = _mm512_permutexvar_epi16(idx[r][h][odd], win.words_z::<B>(r, gi));
                 }
                 for k in 0..C {
                     let xv = _mm512_loadu_si512(xp[k].add(cc * CHUNK + pair_offset(2 * h, odd)) as *const __m512i);
@@ -292,7 +292,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
             if e.is_multiple_of(G) {
                 gi = win.at::<B, G>(&lv, &scales, &dseg, (e / G).min(l.groups - 1), l.groups, tmax);
                 for r in 0..R {
-                    tab[r] = win.words_y(r, gi);
+                    tab[r] = win.words_y::<B>(r, gi);
                 }
             }
             let mut cw = [_mm256_setzero_si256(); R];

@@ -56,11 +56,11 @@ pub(super) unsafe fn rows<const B: u32, const G: usize>(
 }
 
 /// The lookup indices of the chunk at `cp`: weights 0-63, then 64-127, in order. NF4: the code
-/// in bits 0-3 (a lane's low nibbles, then its high nibbles). NF3: the low code bits in bits 0-1
-/// and the high bit in bit 3 (bit 2 and bits 4-5 are garbage: `avx512_nf_window::lane`). At
-/// that position the high plane needs only left shifts for the first 64 weights, and taking bit 7
-/// from it as well puts the second 64 weights' high bits in bit 7 while their low bits already sit
-/// in bits 4-5: the second index is the first shifted right by 4, one operation instead of three.
+/// in bits 0-3 (a lane's low nibbles, then its high nibbles). NF3: the code in bits 0-2 (the low
+/// bits in 0-1, the high bit in 2; bits 3-5 are garbage, over which the 8-entry tables repeat,
+/// `avx512_nf_window`). Taking bit 6 from the high plane as well puts the second 64 weights' high
+/// bits there while their low bits already sit in bits 4-5: the second index is the first shifted
+/// right by 4, one operation instead of three.
 #[inline(always)]
 pub(super) unsafe fn indices<const B: u32>(cp: *const u8) -> [__m512i; 2] {
     // Plain calls rather than closures: a closure that is not inlined turns its intrinsics into
@@ -76,12 +76,13 @@ pub(super) unsafe fn indices<const B: u32>(cp: *const u8) -> [__m512i; 2] {
         let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(cp as *const __m256i));
         let a = _mm512_srlv_epi32(v, _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2));
         // Weight 32t + i's high bit is bit 2t of high byte i (i < 16) or bit 2t + 1 of byte
-        // i - 16; the quarters of the register hold (t, i < 16), (t, i >= 16) for t = 0, 1: shifted
-        // left by 3, 2, 1, 0, bit 3 holds the high bit of t = 0, 1 and bit 7 that of t = 2, 3.
+        // i - 16; the quarters of the register hold (t, i < 16), (t, i >= 16) for t = 0, 1:
+        // rotated left by 2, 1, 0 and right by 1, bit 2 holds the high bit of t = 0, 1 and bit 6
+        // that of t = 2, 3 (a rotation, so one instruction moves bits both ways).
         let hb = _mm512_broadcast_i32x4(_mm_loadu_si128(cp.add(32) as *const __m128i));
-        let hs = _mm512_sllv_epi32(hb, _mm512_setr_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
-        // Bits 3 and 7 from hs, the others from a.
-        let i0 = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(0x88u8 as i8));
+        let hs = _mm512_rolv_epi32(hb, _mm512_setr_epi32(2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0, 31, 31, 31, 31));
+        // Bits 2 and 6 from hs, the others from a.
+        let i0 = _mm512_ternarylogic_epi32::<0xD8>(a, hs, _mm512_set1_epi8(0x44));
         [i0, _mm512_srli_epi32::<4>(i0)]
     }
 }
@@ -153,7 +154,7 @@ unsafe fn block<const B: u32, const G: usize, const R: usize, const C: usize>(
                 }
             }
             for r in 0..R {
-                let lk = _mm512_permutexvar_epi8(ix[r][h], win.bytes_z(r, gi));
+                let lk = _mm512_permutexvar_epi8(ix[r][h], win.bytes_z::<B>(r, gi));
                 for k in 0..C {
                     acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], lk, xv[k][h]);
                 }
