@@ -36,67 +36,44 @@ pub(super) const TW: usize = 16;
 // group. The index arrays are `const fn`s: built at run time with `from_fn`, they were not always
 // folded into constants (where the build was not inlined, it spent 7x the kernel's time on them).
 
-/// Index `m` of a two-source permute (`vpermt2b/w/d/q`, `N` elements a register) that interleaves
+/// Index `m` of a two-source permute (`vpermt2b/w/d/q`, `nn` elements a register) that interleaves
 /// runs of `n` elements of its two sources: run `u0 + m / 2n` of the first source, then the same
 /// run of the second, and so on; an element is `scale` elements of the source wide (the low byte
 /// or word of a dword lane: 4 or 2). The index of every packing permute below.
-const fn interleave<const N: usize>(n: usize, u0: usize, scale: usize) -> [i32; N] {
-    let mut idx = [0i32; N];
-    let mut m = 0;
-    while m < N {
-        let (run, src, j) = (u0 + m / (2 * n), (m / n) % 2, m % n);
-        idx[m] = (N * src + scale * (n * (run % (N / (scale * n))) + j)) as i32;
-        m += 1;
-    }
-    idx
+const fn interleave_at(nn: usize, n: usize, u0: usize, scale: usize, m: usize) -> usize {
+    let (run, src, j) = (u0 + m / (2 * n), (m / n) % 2, m % n);
+    nn * src + scale * (n * (run % (nn / (scale * n))) + j)
 }
 
-const fn to_i8<const N: usize>(a: [i32; N]) -> [i8; N] {
-    let mut o = [0i8; N];
-    let mut i = 0;
-    while i < N {
-        o[i] = a[i] as i8;
-        i += 1;
-    }
-    o
-}
-
-const fn to_i16<const N: usize>(a: [i32; N]) -> [i16; N] {
-    let mut o = [0i16; N];
-    let mut i = 0;
-    while i < N {
-        o[i] = a[i] as i16;
-        i += 1;
-    }
-    o
-}
-
-const fn to_i64<const N: usize>(a: [i32; N]) -> [i64; N] {
-    let mut o = [0i64; N];
-    let mut i = 0;
-    while i < N {
-        o[i] = a[i] as i64;
-        i += 1;
-    }
-    o
+/// The `[$t; $nn]` index array of `interleave_at`.
+macro_rules! interleave {
+    ($t:ty, $nn:expr, $n:expr, $u0:expr, $scale:expr) => {{
+        let mut idx = [0 as $t; $nn];
+        let mut m = 0;
+        while m < $nn {
+            idx[m] = interleave_at($nn, $n, $u0, $scale, m) as $t;
+            m += 1;
+        }
+        idx
+    }};
 }
 
 // NF4: two groups' patterns from two FMA results of one group each (bytes: 32, repeated).
-const NF4_B: [i8; 64] = to_i8(interleave::<64>(16, 0, 4));
-const NF4_W: [i16; 32] = to_i16(interleave::<32>(16, 0, 2));
+const NF4_B: [i8; 64] = interleave!(i8, 64, 16, 0, 4);
+const NF4_W: [i16; 32] = interleave!(i16, 32, 16, 0, 2);
 
 // NF3 transposes: 8 FMA results, one per level, hold the entries of 16 groups in the low byte or
 // word of their 16 lanes; three rounds of two-source permutes gather each group's 8 entries.
 // Bytes: level pairs of each group (bytes 0-31), pairs of pairs (4 bytes a group), then groups
 // 0-7 and 8-15 (8 bytes a group).
-const B1: [i8; 64] = to_i8(interleave::<64>(1, 0, 4));
-const B2: [i8; 64] = to_i8(interleave::<64>(2, 0, 1));
-const B3: [[i8; 64]; 2] = [to_i8(interleave::<64>(4, 0, 1)), to_i8(interleave::<64>(4, 8, 1))];
+const B1: [i8; 64] = interleave!(i8, 64, 1, 0, 4);
+const B2: [i8; 64] = interleave!(i8, 64, 2, 0, 1);
+const B3: [[i8; 64]; 2] = [interleave!(i8, 64, 4, 0, 1), interleave!(i8, 64, 4, 8, 1)];
 // Words: level pairs of each group (a dword a group), pairs of pairs for groups 0-7 and 8-15 (a
 // qword a group), then 4 groups a register (16 bytes a group).
-const W1: [i16; 32] = to_i16(interleave::<32>(1, 0, 2));
-const W2: [[i32; 16]; 2] = [interleave::<16>(1, 0, 1), interleave::<16>(1, 8, 1)];
-const W3: [[i64; 8]; 2] = [to_i64(interleave::<8>(1, 0, 1)), to_i64(interleave::<8>(1, 4, 1))];
+const W1: [i16; 32] = interleave!(i16, 32, 1, 0, 2);
+const W2: [[i32; 16]; 2] = [interleave!(i32, 16, 1, 0, 1), interleave!(i32, 16, 1, 8, 1)];
+const W3: [[i64; 8]; 2] = [interleave!(i64, 8, 1, 0, 1), interleave!(i64, 8, 1, 4, 1)];
 
 /// Bytes a group in a window row (words; byte tables use the first half).
 const TB: usize = 32;
