@@ -11,8 +11,8 @@
 //!   4 `vpdpwssd`, the conversion and FMA of the epilogue), with the codes streamed from a 7 MB
 //!   buffer laid out as 4096-column rows, the tables and activations in L1; no table builds, no
 //!   prefetches, no addressing. Variants drop the index arithmetic or the epilogue, or derive the
-//!   indices as a repacked layout would allow (`vpermb` with its load folded in, then three
-//!   `vpmultishiftqb`), so that what each part costs can be read off directly.
+//!   indices from a repacked layout (`vpermb` with its load folded in, two `vpmultishiftqb` and
+//!   two shifts, as on branch `nf3-lanes-proto`), so that what each part costs can be read off directly.
 //!
 //! Cycles are derived from a chain of dependent scalar adds (1 cycle each).
 
@@ -115,22 +115,12 @@ mod model {
             "vpdpwssd zmm2, zmm30, zmm31", "vpmultishiftqb zmm18, zmm30, zmm31", "vpdpwssd zmm3, zmm30, zmm31", "vpmultishiftqb zmm19, zmm30, zmm31",
             "vpdpwssd zmm4, zmm30, zmm31", "vpmultishiftqb zmm20, zmm30, zmm31", "vpdpwssd zmm5, zmm30, zmm31", "vpmultishiftqb zmm21, zmm30, zmm31",
             "vpdpwssd zmm6, zmm30, zmm31", "vpmultishiftqb zmm22, zmm30, zmm31", "vpdpwssd zmm7, zmm30, zmm31", "vpmultishiftqb zmm23, zmm30, zmm31");
-        mix!(ghz, x, "16 loads from 4 lines", 16.0,
-            "vmovdqa64 zmm16, [{x} + 0]", "vmovdqa64 zmm17, [{x} + 64]", "vmovdqa64 zmm18, [{x} + 128]", "vmovdqa64 zmm19, [{x} + 192]",
-            "vmovdqa64 zmm20, [{x} + 0]", "vmovdqa64 zmm21, [{x} + 64]", "vmovdqa64 zmm22, [{x} + 128]", "vmovdqa64 zmm23, [{x} + 192]",
-            "vmovdqa64 zmm24, [{x} + 0]", "vmovdqa64 zmm25, [{x} + 64]", "vmovdqa64 zmm26, [{x} + 128]", "vmovdqa64 zmm27, [{x} + 192]",
-            "vmovdqa64 zmm28, [{x} + 0]", "vmovdqa64 zmm29, [{x} + 64]", "vmovdqa64 zmm16, [{x} + 128]", "vmovdqa64 zmm17, [{x} + 192]");
-        mix!(ghz, x, "16 loads from 8 lines", 16.0,
+        mix!(ghz, x, "16 loads", 16.0,
             "vmovdqa64 zmm16, [{x} + 0]", "vmovdqa64 zmm17, [{x} + 64]", "vmovdqa64 zmm18, [{x} + 128]", "vmovdqa64 zmm19, [{x} + 192]",
             "vmovdqa64 zmm20, [{x} + 256]", "vmovdqa64 zmm21, [{x} + 320]", "vmovdqa64 zmm22, [{x} + 384]", "vmovdqa64 zmm23, [{x} + 448]",
             "vmovdqa64 zmm24, [{x} + 0]", "vmovdqa64 zmm25, [{x} + 64]", "vmovdqa64 zmm26, [{x} + 128]", "vmovdqa64 zmm27, [{x} + 192]",
             "vmovdqa64 zmm28, [{x} + 256]", "vmovdqa64 zmm29, [{x} + 320]", "vmovdqa64 zmm16, [{x} + 384]", "vmovdqa64 zmm17, [{x} + 448]");
-        mix!(ghz, x, "8 loads + 8 vpaddd, 4 lines", 16.0,
-            "vmovdqa64 zmm16, [{x} + 0]", "vpaddd zmm17, zmm30, zmm31", "vmovdqa64 zmm18, [{x} + 64]", "vpaddd zmm19, zmm30, zmm31",
-            "vmovdqa64 zmm20, [{x} + 128]", "vpaddd zmm21, zmm30, zmm31", "vmovdqa64 zmm22, [{x} + 192]", "vpaddd zmm23, zmm30, zmm31",
-            "vmovdqa64 zmm24, [{x} + 0]", "vpaddd zmm25, zmm30, zmm31", "vmovdqa64 zmm26, [{x} + 64]", "vpaddd zmm27, zmm30, zmm31",
-            "vmovdqa64 zmm28, [{x} + 128]", "vpaddd zmm29, zmm30, zmm31", "vmovdqa64 zmm16, [{x} + 192]", "vpaddd zmm17, zmm30, zmm31");
-        mix!(ghz, x, "8 loads + 8 vpaddd, 8 lines", 16.0,
+        mix!(ghz, x, "8 loads + 8 vpaddd", 16.0,
             "vmovdqa64 zmm16, [{x} + 0]", "vpaddd zmm17, zmm30, zmm31", "vmovdqa64 zmm18, [{x} + 64]", "vpaddd zmm19, zmm30, zmm31",
             "vmovdqa64 zmm20, [{x} + 128]", "vpaddd zmm21, zmm30, zmm31", "vmovdqa64 zmm22, [{x} + 192]", "vpaddd zmm23, zmm30, zmm31",
             "vmovdqa64 zmm24, [{x} + 256]", "vpaddd zmm25, zmm30, zmm31", "vmovdqa64 zmm26, [{x} + 320]", "vpaddd zmm27, zmm30, zmm31",
@@ -144,18 +134,7 @@ mod model {
             "vpermw zmm16, zmm30, zmm31", "vpsrld zmm17, zmm30, 4", "vpdpwssd zmm6, zmm30, zmm31", "vpermw zmm18, zmm30, zmm31",
             "vpsrld zmm19, zmm30, 4", "vpdpwssd zmm7, zmm30, zmm31", "vpermw zmm20, zmm30, zmm31", "vpsrld zmm21, zmm30, 4",
             "vpdpwssd zmm8, zmm30, zmm31", "vpermw zmm22, zmm30, zmm31", "vpdpwssd zmm9, zmm30, zmm31", "vpermw zmm23, zmm30, zmm31");
-        mix!(ghz, x, "the same + 8 loads from 4 lines", 40.0,
-            "vpdpwssd zmm0, zmm30, zmm31", "vpermw zmm16, zmm30, zmm31", "vpsrld zmm17, zmm30, 4", "vpsrlvd zmm18, zmm30, zmm31",
-            "vprolvd zmm19, zmm30, zmm31", "vpternlogd zmm20, zmm30, zmm31, 0xe4", "vcvtdq2ps zmm21, zmm30", "vfmadd231ps zmm1, zmm30, zmm31",
-            "vmovdqa64 zmm22, [{x} + 0]", "vpdpwssd zmm2, zmm30, zmm31", "vpermw zmm23, zmm30, zmm31", "vpsrld zmm24, zmm30, 4",
-            "vpsrlvd zmm25, zmm30, zmm31", "vprolvd zmm26, zmm30, zmm31", "vpternlogd zmm27, zmm30, zmm31, 0xe4", "vcvtdq2ps zmm28, zmm30",
-            "vfmadd231ps zmm3, zmm30, zmm31", "vmovdqa64 zmm29, [{x} + 64]", "vpdpwssd zmm4, zmm30, zmm31", "vpermw zmm16, zmm30, zmm31",
-            "vpsrld zmm17, zmm30, 4", "vmovdqa64 zmm18, [{x} + 128]", "vpdpwssd zmm5, zmm30, zmm31", "vpermw zmm19, zmm30, zmm31",
-            "vpsrld zmm20, zmm30, 4", "vmovdqa64 zmm21, [{x} + 192]", "vpdpwssd zmm6, zmm30, zmm31", "vpermw zmm22, zmm30, zmm31",
-            "vpsrld zmm23, zmm30, 4", "vmovdqa64 zmm24, [{x} + 0]", "vpdpwssd zmm7, zmm30, zmm31", "vpermw zmm25, zmm30, zmm31",
-            "vpsrld zmm26, zmm30, 4", "vmovdqa64 zmm27, [{x} + 64]", "vpdpwssd zmm8, zmm30, zmm31", "vpermw zmm28, zmm30, zmm31",
-            "vmovdqa64 zmm29, [{x} + 128]", "vpdpwssd zmm9, zmm30, zmm31", "vpermw zmm16, zmm30, zmm31", "vmovdqa64 zmm17, [{x} + 192]");
-        mix!(ghz, x, "the same + 8 loads from 8 lines", 40.0,
+        mix!(ghz, x, "the same + 8 loads", 40.0,
             "vpdpwssd zmm0, zmm30, zmm31", "vpermw zmm16, zmm30, zmm31", "vpsrld zmm17, zmm30, 4", "vpsrlvd zmm18, zmm30, zmm31",
             "vprolvd zmm19, zmm30, zmm31", "vpternlogd zmm20, zmm30, zmm31, 0xe4", "vcvtdq2ps zmm21, zmm30", "vfmadd231ps zmm1, zmm30, zmm31",
             "vmovdqa64 zmm22, [{x} + 0]", "vpdpwssd zmm2, zmm30, zmm31", "vpermw zmm23, zmm30, zmm31", "vpsrld zmm24, zmm30, 4",
@@ -177,18 +156,66 @@ mod model {
             "vpdpwssd zmm8, zmm30, [{x} + 128]", "vpermw zmm22, zmm30, zmm31", "vpdpwssd zmm9, zmm30, [{x} + 192]", "vpermw zmm23, zmm30, zmm31");
     }
 
-    /// Time `$line`s as the body of a loop over the chunks of 4 rows of codes (`{c}`: 48 bytes a
-    /// chunk, rows of 1536 bytes; the next row block after 32 chunks, the buffer's start again
-    /// at its end) and print cycles per row and chunk. The multishift scheme's controls sit in
-    /// zmm20-23 (arbitrary in-range values: timing does not depend on them).
+    // The parts of the NF3 loop body, per chunk of 4 rows (zmm0-15 indices and lookups, 16-19
+    // tables, 20-22 the lanes scheme's controls, 24-27 the sums, 28-31 the f32 accumulators).
+    // The plane scheme, as `avx512_nf::block_z` issues it: two broadcast loads, a variable
+    // shift, a rotation and a ternary logic merge the planes, three shifts make the 4 lookups.
+    #[rustfmt::skip]
+    macro_rules! planes_index { () => { concat!(
+            "vbroadcasti64x4 zmm0, [{c} + 0]\n vpsrlvd zmm0, zmm0, [{k}]\n vbroadcasti32x4 zmm1, [{c} + 32]\n vprolvd zmm1, zmm1, [{k} + 64]\n",
+            "vpternlogd zmm0, zmm1, [{k} + 128]{{1to16}}, 0xe4\n vpsrld zmm1, zmm0, 4\n vpsrld zmm2, zmm0, 8\n vpsrld zmm3, zmm0, 12\n",
+            "vbroadcasti64x4 zmm4, [{c} + 1536]\n vpsrlvd zmm4, zmm4, [{k}]\n vbroadcasti32x4 zmm5, [{c} + 1568]\n vprolvd zmm5, zmm5, [{k} + 64]\n",
+            "vpternlogd zmm4, zmm5, [{k} + 128]{{1to16}}, 0xe4\n vpsrld zmm5, zmm4, 4\n vpsrld zmm6, zmm4, 8\n vpsrld zmm7, zmm4, 12\n",
+            "vbroadcasti64x4 zmm8, [{c} + 3072]\n vpsrlvd zmm8, zmm8, [{k}]\n vbroadcasti32x4 zmm9, [{c} + 3104]\n vprolvd zmm9, zmm9, [{k} + 64]\n",
+            "vpternlogd zmm8, zmm9, [{k} + 128]{{1to16}}, 0xe4\n vpsrld zmm9, zmm8, 4\n vpsrld zmm10, zmm8, 8\n vpsrld zmm11, zmm8, 12\n",
+            "vbroadcasti64x4 zmm12, [{c} + 4608]\n vpsrlvd zmm12, zmm12, [{k}]\n vbroadcasti32x4 zmm13, [{c} + 4640]\n vprolvd zmm13, zmm13, [{k} + 64]\n",
+            "vpternlogd zmm12, zmm13, [{k} + 128]{{1to16}}, 0xe4\n vpsrld zmm13, zmm12, 4\n vpsrld zmm14, zmm12, 8\n vpsrld zmm15, zmm12, 12\n") }; }
+    // No index arithmetic: the code bytes as loaded, copied by register moves.
+    #[rustfmt::skip]
+    macro_rules! no_index { () => { concat!(
+            "vbroadcasti64x4 zmm0, [{c} + 0]\n vmovdqa64 zmm1, zmm0\n vmovdqa64 zmm2, zmm0\n vmovdqa64 zmm3, zmm0\n",
+            "vbroadcasti64x4 zmm4, [{c} + 1536]\n vmovdqa64 zmm5, zmm4\n vmovdqa64 zmm6, zmm4\n vmovdqa64 zmm7, zmm4\n",
+            "vbroadcasti64x4 zmm8, [{c} + 3072]\n vmovdqa64 zmm9, zmm8\n vmovdqa64 zmm10, zmm8\n vmovdqa64 zmm11, zmm8\n",
+            "vbroadcasti64x4 zmm12, [{c} + 4608]\n vmovdqa64 zmm13, zmm12\n vmovdqa64 zmm14, zmm12\n vmovdqa64 zmm15, zmm12\n") }; }
+    // A repacked layout (branch `nf3-lanes-proto`): `vpermb` with the load folded in, two
+    // `vpmultishiftqb`, two shifts.
+    #[rustfmt::skip]
+    macro_rules! lanes_index { () => { concat!(
+            "vpermb zmm1, zmm20, [{c} + 0]\n vpmultishiftqb zmm0, zmm21, zmm1\n vpmultishiftqb zmm2, zmm22, zmm1\n vpsrlw zmm1, zmm0, 8\n",
+            "vpsrlw zmm3, zmm2, 8\n vpermb zmm5, zmm20, [{c} + 1536]\n vpmultishiftqb zmm4, zmm21, zmm5\n vpmultishiftqb zmm6, zmm22, zmm5\n",
+            "vpsrlw zmm5, zmm4, 8\n vpsrlw zmm7, zmm6, 8\n vpermb zmm9, zmm20, [{c} + 3072]\n vpmultishiftqb zmm8, zmm21, zmm9\n",
+            "vpmultishiftqb zmm10, zmm22, zmm9\n vpsrlw zmm9, zmm8, 8\n vpsrlw zmm11, zmm10, 8\n vpermb zmm13, zmm20, [{c} + 4608]\n",
+            "vpmultishiftqb zmm12, zmm21, zmm13\n vpmultishiftqb zmm14, zmm22, zmm13\n vpsrlw zmm13, zmm12, 8\n vpsrlw zmm15, zmm14, 8\n") }; }
+    // Tables, then 4 x (4 lookups, 4 `vpdpwssd` on activations in memory).
+    #[rustfmt::skip]
+    macro_rules! lookups { () => { concat!(
+            "vbroadcasti32x4 zmm16, [{t} + 0]\n vbroadcasti32x4 zmm17, [{t} + 16]\n vbroadcasti32x4 zmm18, [{t} + 32]\n vbroadcasti32x4 zmm19, [{t} + 48]\n",
+            "vpxord zmm24, zmm24, zmm24\n vpxord zmm25, zmm25, zmm25\n vpxord zmm26, zmm26, zmm26\n vpxord zmm27, zmm27, zmm27\n",
+            "vpermw zmm0, zmm0, zmm16\n vpermw zmm4, zmm4, zmm17\n vpermw zmm8, zmm8, zmm18\n vpermw zmm12, zmm12, zmm19\n",
+            "vpdpwssd zmm24, zmm0, [{x} + 0]\n vpdpwssd zmm25, zmm4, [{x} + 0]\n vpdpwssd zmm26, zmm8, [{x} + 0]\n vpdpwssd zmm27, zmm12, [{x} + 0]\n",
+            "vpermw zmm1, zmm1, zmm16\n vpermw zmm5, zmm5, zmm17\n vpermw zmm9, zmm9, zmm18\n vpermw zmm13, zmm13, zmm19\n",
+            "vpdpwssd zmm24, zmm1, [{x} + 64]\n vpdpwssd zmm25, zmm5, [{x} + 64]\n vpdpwssd zmm26, zmm9, [{x} + 64]\n vpdpwssd zmm27, zmm13, [{x} + 64]\n",
+            "vpermw zmm2, zmm2, zmm16\n vpermw zmm6, zmm6, zmm17\n vpermw zmm10, zmm10, zmm18\n vpermw zmm14, zmm14, zmm19\n",
+            "vpdpwssd zmm24, zmm2, [{x} + 128]\n vpdpwssd zmm25, zmm6, [{x} + 128]\n vpdpwssd zmm26, zmm10, [{x} + 128]\n vpdpwssd zmm27, zmm14, [{x} + 128]\n",
+            "vpermw zmm3, zmm3, zmm16\n vpermw zmm7, zmm7, zmm17\n vpermw zmm11, zmm11, zmm18\n vpermw zmm15, zmm15, zmm19\n",
+            "vpdpwssd zmm24, zmm3, [{x} + 192]\n vpdpwssd zmm25, zmm7, [{x} + 192]\n vpdpwssd zmm26, zmm11, [{x} + 192]\n vpdpwssd zmm27, zmm15, [{x} + 192]\n") }; }
+    // The conversion and FMA per row.
+    #[rustfmt::skip]
+    macro_rules! epilogue { () => { concat!(
+            "vcvtdq2ps zmm0, zmm24\n vfmadd231ps zmm28, zmm0, [{f} + 0]{{1to16}}\n vcvtdq2ps zmm4, zmm25\n vfmadd231ps zmm29, zmm4, [{f} + 4]{{1to16}}\n",
+            "vcvtdq2ps zmm8, zmm26\n vfmadd231ps zmm30, zmm8, [{f} + 8]{{1to16}}\n vcvtdq2ps zmm12, zmm27\n vfmadd231ps zmm31, zmm12, [{f} + 12]{{1to16}}\n") }; }
+
+    /// Time the NF3 loop body made of `$part`s, over the chunks of 4 rows of codes (`{c}`: 48
+    /// bytes a chunk, rows of 1536 bytes; the next row block after 32 chunks, the buffer's start
+    /// again at its end), and print cycles per row and chunk.
     #[rustfmt::skip]
     macro_rules! nf_loop {
-        ($ghz:expr, $codes:expr, $k:expr, $t:expr, $x:expr, $f:expr, $name:literal, $($line:literal),*) => {{
+        ($ghz:expr, $codes:expr, $k:expr, $t:expr, $x:expr, $f:expr, $name:literal, $($part:expr),*) => {{
             let s = best(2_000_000, |n| {
                 asm!(
-                    "vmovdqu64 zmm20, [{k} + 256]", "vmovdqu64 zmm21, [{k} + 320]", "vmovdqu64 zmm22, [{k} + 384]", "vmovdqu64 zmm23, [{k} + 448]",
+                    "vmovdqu64 zmm20, [{k} + 256]", "vmovdqu64 zmm21, [{k} + 320]", "vmovdqu64 zmm22, [{k} + 384]",
                     "/* {f} {t} {x} {k} */", "mov {c}, {c0}", "mov {m}, 32", "2:",
-                    $($line,)*
+                    $($part,)*
                     "add {c}, 48", "dec {m}", "jnz 3f", "add {c}, 4608", "mov {m}, 32", "cmp {c}, {e}", "jb 3f", "mov {c}, {c0}", "3:",
                     "dec {n}", "jnz 2b",
                     n = inout(reg) n => _, c = out(reg) _, m = out(reg) _, c0 = in(reg) $codes.as_ptr(),
@@ -208,94 +235,25 @@ mod model {
     unsafe fn nf3_loop(ghz: f64) {
         // Codes: 7 MB (L3).
         let codes: Vec<u8> = (0..7_000_000usize).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        // The plane scheme's shift counts, then its ternary logic's mask; the multishift controls.
+        // The plane scheme's shift counts, then its ternary logic's mask; the lanes scheme's
+        // controls (timing does not depend on their values).
         let mut k = Line([0; 4096]);
         for i in 0..16 {
             k.0[4 * i] = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2][i];
             k.0[64 + 4 * i] = [2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0, 31, 31, 31, 31][i];
         }
         k.0[128..132].copy_from_slice(&[0x44; 4]);
-        for (i, b) in k.0[256..512].iter_mut().enumerate() {
+        for (i, b) in k.0[256..448].iter_mut().enumerate() {
             *b = (i * 7 % 40) as u8;
         }
         let data = Line([3; 4096]);
         let (kp, dp) = (k.0.as_ptr(), data.0.as_ptr());
         // Tables, activations, segment factors.
         let (t, x, f) = (dp, dp.add(1024), dp.add(2048));
-        nf_loop!(ghz, codes, kp, t, x, f, "as built (planes)",
-            "vbroadcasti64x4 zmm0, [{c} + 0]", "vpsrlvd zmm0, zmm0, [{k}]", "vbroadcasti32x4 zmm1, [{c} + 32]", "vprolvd zmm1, zmm1, [{k} + 64]",
-            "vpternlogd zmm0, zmm1, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm1, zmm0, 4", "vpsrld zmm2, zmm0, 8", "vpsrld zmm3, zmm0, 12",
-            "vbroadcasti64x4 zmm4, [{c} + 1536]", "vpsrlvd zmm4, zmm4, [{k}]", "vbroadcasti32x4 zmm5, [{c} + 1568]", "vprolvd zmm5, zmm5, [{k} + 64]",
-            "vpternlogd zmm4, zmm5, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm5, zmm4, 4", "vpsrld zmm6, zmm4, 8", "vpsrld zmm7, zmm4, 12",
-            "vbroadcasti64x4 zmm8, [{c} + 3072]", "vpsrlvd zmm8, zmm8, [{k}]", "vbroadcasti32x4 zmm9, [{c} + 3104]", "vprolvd zmm9, zmm9, [{k} + 64]",
-            "vpternlogd zmm8, zmm9, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm9, zmm8, 4", "vpsrld zmm10, zmm8, 8", "vpsrld zmm11, zmm8, 12",
-            "vbroadcasti64x4 zmm12, [{c} + 4608]", "vpsrlvd zmm12, zmm12, [{k}]", "vbroadcasti32x4 zmm13, [{c} + 4640]", "vprolvd zmm13, zmm13, [{k} + 64]",
-            "vpternlogd zmm12, zmm13, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm13, zmm12, 4", "vpsrld zmm14, zmm12, 8", "vpsrld zmm15, zmm12, 12",
-            "vbroadcasti32x4 zmm16, [{t} + 0]", "vbroadcasti32x4 zmm17, [{t} + 16]", "vbroadcasti32x4 zmm18, [{t} + 32]", "vbroadcasti32x4 zmm19, [{t} + 48]",
-            "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26", "vpxord zmm27, zmm27, zmm27",
-            "vpermw zmm0, zmm0, zmm16", "vpermw zmm4, zmm4, zmm17", "vpermw zmm8, zmm8, zmm18", "vpermw zmm12, zmm12, zmm19",
-            "vpdpwssd zmm24, zmm0, [{x} + 0]", "vpdpwssd zmm25, zmm4, [{x} + 0]", "vpdpwssd zmm26, zmm8, [{x} + 0]", "vpdpwssd zmm27, zmm12, [{x} + 0]",
-            "vpermw zmm1, zmm1, zmm16", "vpermw zmm5, zmm5, zmm17", "vpermw zmm9, zmm9, zmm18", "vpermw zmm13, zmm13, zmm19",
-            "vpdpwssd zmm24, zmm1, [{x} + 64]", "vpdpwssd zmm25, zmm5, [{x} + 64]", "vpdpwssd zmm26, zmm9, [{x} + 64]", "vpdpwssd zmm27, zmm13, [{x} + 64]",
-            "vpermw zmm2, zmm2, zmm16", "vpermw zmm6, zmm6, zmm17", "vpermw zmm10, zmm10, zmm18", "vpermw zmm14, zmm14, zmm19",
-            "vpdpwssd zmm24, zmm2, [{x} + 128]", "vpdpwssd zmm25, zmm6, [{x} + 128]", "vpdpwssd zmm26, zmm10, [{x} + 128]", "vpdpwssd zmm27, zmm14, [{x} + 128]",
-            "vpermw zmm3, zmm3, zmm16", "vpermw zmm7, zmm7, zmm17", "vpermw zmm11, zmm11, zmm18", "vpermw zmm15, zmm15, zmm19",
-            "vpdpwssd zmm24, zmm3, [{x} + 192]", "vpdpwssd zmm25, zmm7, [{x} + 192]", "vpdpwssd zmm26, zmm11, [{x} + 192]", "vpdpwssd zmm27, zmm15, [{x} + 192]",
-            "vcvtdq2ps zmm0, zmm24", "vfmadd231ps zmm28, zmm0, [{f} + 0]{{1to16}}", "vcvtdq2ps zmm4, zmm25", "vfmadd231ps zmm29, zmm4, [{f} + 4]{{1to16}}",
-            "vcvtdq2ps zmm8, zmm26", "vfmadd231ps zmm30, zmm8, [{f} + 8]{{1to16}}", "vcvtdq2ps zmm12, zmm27", "vfmadd231ps zmm31, zmm12, [{f} + 12]{{1to16}}");
-        nf_loop!(ghz, codes, kp, t, x, f, "no index arithmetic",
-            "vbroadcasti64x4 zmm0, [{c} + 0]", "vmovdqa64 zmm1, zmm0", "vmovdqa64 zmm2, zmm0", "vmovdqa64 zmm3, zmm0",
-            "vbroadcasti64x4 zmm4, [{c} + 1536]", "vmovdqa64 zmm5, zmm4", "vmovdqa64 zmm6, zmm4", "vmovdqa64 zmm7, zmm4",
-            "vbroadcasti64x4 zmm8, [{c} + 3072]", "vmovdqa64 zmm9, zmm8", "vmovdqa64 zmm10, zmm8", "vmovdqa64 zmm11, zmm8",
-            "vbroadcasti64x4 zmm12, [{c} + 4608]", "vmovdqa64 zmm13, zmm12", "vmovdqa64 zmm14, zmm12", "vmovdqa64 zmm15, zmm12",
-            "vbroadcasti32x4 zmm16, [{t} + 0]", "vbroadcasti32x4 zmm17, [{t} + 16]", "vbroadcasti32x4 zmm18, [{t} + 32]", "vbroadcasti32x4 zmm19, [{t} + 48]",
-            "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26", "vpxord zmm27, zmm27, zmm27",
-            "vpermw zmm0, zmm0, zmm16", "vpermw zmm4, zmm4, zmm17", "vpermw zmm8, zmm8, zmm18", "vpermw zmm12, zmm12, zmm19",
-            "vpdpwssd zmm24, zmm0, [{x} + 0]", "vpdpwssd zmm25, zmm4, [{x} + 0]", "vpdpwssd zmm26, zmm8, [{x} + 0]", "vpdpwssd zmm27, zmm12, [{x} + 0]",
-            "vpermw zmm1, zmm1, zmm16", "vpermw zmm5, zmm5, zmm17", "vpermw zmm9, zmm9, zmm18", "vpermw zmm13, zmm13, zmm19",
-            "vpdpwssd zmm24, zmm1, [{x} + 64]", "vpdpwssd zmm25, zmm5, [{x} + 64]", "vpdpwssd zmm26, zmm9, [{x} + 64]", "vpdpwssd zmm27, zmm13, [{x} + 64]",
-            "vpermw zmm2, zmm2, zmm16", "vpermw zmm6, zmm6, zmm17", "vpermw zmm10, zmm10, zmm18", "vpermw zmm14, zmm14, zmm19",
-            "vpdpwssd zmm24, zmm2, [{x} + 128]", "vpdpwssd zmm25, zmm6, [{x} + 128]", "vpdpwssd zmm26, zmm10, [{x} + 128]", "vpdpwssd zmm27, zmm14, [{x} + 128]",
-            "vpermw zmm3, zmm3, zmm16", "vpermw zmm7, zmm7, zmm17", "vpermw zmm11, zmm11, zmm18", "vpermw zmm15, zmm15, zmm19",
-            "vpdpwssd zmm24, zmm3, [{x} + 192]", "vpdpwssd zmm25, zmm7, [{x} + 192]", "vpdpwssd zmm26, zmm11, [{x} + 192]", "vpdpwssd zmm27, zmm15, [{x} + 192]",
-            "vcvtdq2ps zmm0, zmm24", "vfmadd231ps zmm28, zmm0, [{f} + 0]{{1to16}}", "vcvtdq2ps zmm4, zmm25", "vfmadd231ps zmm29, zmm4, [{f} + 4]{{1to16}}",
-            "vcvtdq2ps zmm8, zmm26", "vfmadd231ps zmm30, zmm8, [{f} + 8]{{1to16}}", "vcvtdq2ps zmm12, zmm27", "vfmadd231ps zmm31, zmm12, [{f} + 12]{{1to16}}");
-        nf_loop!(ghz, codes, kp, t, x, f, "no epilogue",
-            "vbroadcasti64x4 zmm0, [{c} + 0]", "vpsrlvd zmm0, zmm0, [{k}]", "vbroadcasti32x4 zmm1, [{c} + 32]", "vprolvd zmm1, zmm1, [{k} + 64]",
-            "vpternlogd zmm0, zmm1, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm1, zmm0, 4", "vpsrld zmm2, zmm0, 8", "vpsrld zmm3, zmm0, 12",
-            "vbroadcasti64x4 zmm4, [{c} + 1536]", "vpsrlvd zmm4, zmm4, [{k}]", "vbroadcasti32x4 zmm5, [{c} + 1568]", "vprolvd zmm5, zmm5, [{k} + 64]",
-            "vpternlogd zmm4, zmm5, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm5, zmm4, 4", "vpsrld zmm6, zmm4, 8", "vpsrld zmm7, zmm4, 12",
-            "vbroadcasti64x4 zmm8, [{c} + 3072]", "vpsrlvd zmm8, zmm8, [{k}]", "vbroadcasti32x4 zmm9, [{c} + 3104]", "vprolvd zmm9, zmm9, [{k} + 64]",
-            "vpternlogd zmm8, zmm9, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm9, zmm8, 4", "vpsrld zmm10, zmm8, 8", "vpsrld zmm11, zmm8, 12",
-            "vbroadcasti64x4 zmm12, [{c} + 4608]", "vpsrlvd zmm12, zmm12, [{k}]", "vbroadcasti32x4 zmm13, [{c} + 4640]", "vprolvd zmm13, zmm13, [{k} + 64]",
-            "vpternlogd zmm12, zmm13, [{k} + 128]{{1to16}}, 0xe4", "vpsrld zmm13, zmm12, 4", "vpsrld zmm14, zmm12, 8", "vpsrld zmm15, zmm12, 12",
-            "vbroadcasti32x4 zmm16, [{t} + 0]", "vbroadcasti32x4 zmm17, [{t} + 16]", "vbroadcasti32x4 zmm18, [{t} + 32]", "vbroadcasti32x4 zmm19, [{t} + 48]",
-            "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26", "vpxord zmm27, zmm27, zmm27",
-            "vpermw zmm0, zmm0, zmm16", "vpermw zmm4, zmm4, zmm17", "vpermw zmm8, zmm8, zmm18", "vpermw zmm12, zmm12, zmm19",
-            "vpdpwssd zmm24, zmm0, [{x} + 0]", "vpdpwssd zmm25, zmm4, [{x} + 0]", "vpdpwssd zmm26, zmm8, [{x} + 0]", "vpdpwssd zmm27, zmm12, [{x} + 0]",
-            "vpermw zmm1, zmm1, zmm16", "vpermw zmm5, zmm5, zmm17", "vpermw zmm9, zmm9, zmm18", "vpermw zmm13, zmm13, zmm19",
-            "vpdpwssd zmm24, zmm1, [{x} + 64]", "vpdpwssd zmm25, zmm5, [{x} + 64]", "vpdpwssd zmm26, zmm9, [{x} + 64]", "vpdpwssd zmm27, zmm13, [{x} + 64]",
-            "vpermw zmm2, zmm2, zmm16", "vpermw zmm6, zmm6, zmm17", "vpermw zmm10, zmm10, zmm18", "vpermw zmm14, zmm14, zmm19",
-            "vpdpwssd zmm24, zmm2, [{x} + 128]", "vpdpwssd zmm25, zmm6, [{x} + 128]", "vpdpwssd zmm26, zmm10, [{x} + 128]", "vpdpwssd zmm27, zmm14, [{x} + 128]",
-            "vpermw zmm3, zmm3, zmm16", "vpermw zmm7, zmm7, zmm17", "vpermw zmm11, zmm11, zmm18", "vpermw zmm15, zmm15, zmm19",
-            "vpdpwssd zmm24, zmm3, [{x} + 192]", "vpdpwssd zmm25, zmm7, [{x} + 192]", "vpdpwssd zmm26, zmm11, [{x} + 192]", "vpdpwssd zmm27, zmm15, [{x} + 192]");
-        nf_loop!(ghz, codes, kp, t, x, f, "multishift indices",
-            "vpermb zmm0, zmm20, [{c} + 0]", "vpmultishiftqb zmm1, zmm21, zmm0", "vpmultishiftqb zmm2, zmm22, zmm0", "vpmultishiftqb zmm3, zmm23, zmm0",
-            "vpermb zmm4, zmm20, [{c} + 1536]", "vpmultishiftqb zmm5, zmm21, zmm4", "vpmultishiftqb zmm6, zmm22, zmm4", "vpmultishiftqb zmm7, zmm23, zmm4",
-            "vpermb zmm8, zmm20, [{c} + 3072]", "vpmultishiftqb zmm9, zmm21, zmm8", "vpmultishiftqb zmm10, zmm22, zmm8", "vpmultishiftqb zmm11, zmm23, zmm8",
-            "vpermb zmm12, zmm20, [{c} + 4608]", "vpmultishiftqb zmm13, zmm21, zmm12", "vpmultishiftqb zmm14, zmm22, zmm12", "vpmultishiftqb zmm15, zmm23, zmm12",
-            "vbroadcasti32x4 zmm16, [{t} + 0]", "vbroadcasti32x4 zmm17, [{t} + 16]", "vbroadcasti32x4 zmm18, [{t} + 32]", "vbroadcasti32x4 zmm19, [{t} + 48]",
-            "vpxord zmm24, zmm24, zmm24", "vpxord zmm25, zmm25, zmm25", "vpxord zmm26, zmm26, zmm26", "vpxord zmm27, zmm27, zmm27",
-            "vpermw zmm0, zmm0, zmm16", "vpermw zmm4, zmm4, zmm17", "vpermw zmm8, zmm8, zmm18", "vpermw zmm12, zmm12, zmm19",
-            "vpdpwssd zmm24, zmm0, [{x} + 0]", "vpdpwssd zmm25, zmm4, [{x} + 0]", "vpdpwssd zmm26, zmm8, [{x} + 0]", "vpdpwssd zmm27, zmm12, [{x} + 0]",
-            "vpermw zmm1, zmm1, zmm16", "vpermw zmm5, zmm5, zmm17", "vpermw zmm9, zmm9, zmm18", "vpermw zmm13, zmm13, zmm19",
-            "vpdpwssd zmm24, zmm1, [{x} + 64]", "vpdpwssd zmm25, zmm5, [{x} + 64]", "vpdpwssd zmm26, zmm9, [{x} + 64]", "vpdpwssd zmm27, zmm13, [{x} + 64]",
-            "vpermw zmm2, zmm2, zmm16", "vpermw zmm6, zmm6, zmm17", "vpermw zmm10, zmm10, zmm18", "vpermw zmm14, zmm14, zmm19",
-            "vpdpwssd zmm24, zmm2, [{x} + 128]", "vpdpwssd zmm25, zmm6, [{x} + 128]", "vpdpwssd zmm26, zmm10, [{x} + 128]", "vpdpwssd zmm27, zmm14, [{x} + 128]",
-            "vpermw zmm3, zmm3, zmm16", "vpermw zmm7, zmm7, zmm17", "vpermw zmm11, zmm11, zmm18", "vpermw zmm15, zmm15, zmm19",
-            "vpdpwssd zmm24, zmm3, [{x} + 192]", "vpdpwssd zmm25, zmm7, [{x} + 192]", "vpdpwssd zmm26, zmm11, [{x} + 192]", "vpdpwssd zmm27, zmm15, [{x} + 192]",
-            "vcvtdq2ps zmm0, zmm24", "vfmadd231ps zmm28, zmm0, [{f} + 0]{{1to16}}", "vcvtdq2ps zmm4, zmm25", "vfmadd231ps zmm29, zmm4, [{f} + 4]{{1to16}}",
-            "vcvtdq2ps zmm8, zmm26", "vfmadd231ps zmm30, zmm8, [{f} + 8]{{1to16}}", "vcvtdq2ps zmm12, zmm27", "vfmadd231ps zmm31, zmm12, [{f} + 12]{{1to16}}");
+        nf_loop!(ghz, codes, kp, t, x, f, "as built (planes)", planes_index!(), lookups!(), epilogue!());
+        nf_loop!(ghz, codes, kp, t, x, f, "no index arithmetic", no_index!(), lookups!(), epilogue!());
+        nf_loop!(ghz, codes, kp, t, x, f, "no epilogue", planes_index!(), lookups!());
+        nf_loop!(ghz, codes, kp, t, x, f, "lanes layout indices", lanes_index!(), lookups!(), epilogue!());
     }
 
     pub fn run() {
