@@ -104,15 +104,15 @@ mod consumer {
             let x: Vec<f32> = (0..cols).map(|_| rnd() * 50.0).collect();
             let mut y = vec![0f32; rows];
             let mut scratch = Scratch::new(cols, 1);
-            // Threads 3: two threads with no join between products, each its own half of the
+            // `no_joins`: two threads with no join between products, each its own half of the
             // matrices on a pool of one (what the 2-thread products would read without their
             // hand-offs: waking the second thread, waiting for the last row block, quantizing the
             // input on one thread).
-            for threads in [1, 2, 3] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.min(2)).build().expect("thread pool");
+            for (threads, no_joins) in [(1, false), (2, false), (2, true)] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
                 // The no-join variant's pools and buffers, one per thread, made before any timing
                 // (its passes still include starting the two threads: ~0.1 ms of a ~6 ms pass).
-                let mut solo: Vec<(rayon::ThreadPool, Vec<f32>, Scratch)> = if threads == 3 {
+                let mut solo: Vec<(rayon::ThreadPool, Vec<f32>, Scratch)> = if no_joins {
                     (0..2)
                         .map(|_| {
                             let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool");
@@ -125,7 +125,7 @@ mod consumer {
                 pool.install(|| {
                     let mut pass = || {
                         let t = Instant::now();
-                        if threads == 3 {
+                        if no_joins {
                             let half = mats.len() / 2;
                             let start = std::sync::Barrier::new(2);
                             std::thread::scope(|s| {
@@ -163,7 +163,7 @@ mod consumer {
                         "{} {format}{} {rows}x{cols}, {}: {:.1} GB/s, {:.0}% of the probe around it ({:.1} GB/s)",
                         kernels.describe(),
                         if a8 { " a8" } else { "" },
-                        if threads == 3 { "2 threads, no joins".to_string() } else { format!("{threads} thread(s)") },
+                        if no_joins { "2 threads, no joins".to_string() } else { format!("{threads} thread(s)") },
                         gb / n,
                         100.0 * frac / n,
                         probe / n

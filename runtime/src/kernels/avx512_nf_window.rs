@@ -75,6 +75,11 @@ const W1: [i16; 32] = interleave!(i16, 32, 1, 0, 2);
 const W2: [[i32; 16]; 2] = [interleave!(i32, 16, 1, 0, 1), interleave!(i32, 16, 1, 8, 1)];
 const W3: [[i64; 8]; 2] = [interleave!(i64, 8, 1, 0, 1), interleave!(i64, 8, 1, 4, 1)];
 
+/// The even and the odd lanes of two 16-lane registers (`vpermt2ps`): the first and the second of
+/// each group's `[pos, neg]` pair.
+const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+
 /// Bytes a group in a window row (words; byte tables use the first half).
 const TB: usize = 32;
 
@@ -265,8 +270,6 @@ impl<const R: usize, const C: usize, const BYTES: bool> Window<R, C, BYTES> {
     /// the 8 levels x 16 groups into 16 tables of 8 entries.
     #[inline(always)]
     unsafe fn fill3(&mut self, r: usize, raw: __m512i, magic: __m512, tmax: f32) -> __m512 {
-        const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
-        const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
         let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(raw));
         let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(raw));
         let (pos, neg) = (_mm512_permutex2var_ps(lo, load(&EVEN), hi), _mm512_permutex2var_ps(lo, load(&ODD), hi));
@@ -345,7 +348,6 @@ impl<const R: usize, const C: usize, const BYTES: bool> Window<R, C, BYTES> {
             }
         }
         // The groups' factors in lanes 0-15 (the even lanes of both halves).
-        const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
         _mm512_permutex2var_ps(fac[0], load(&EVEN), fac[1])
     }
 }
