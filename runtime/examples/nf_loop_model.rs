@@ -1,11 +1,13 @@
-//! What Zen 5's vector side sustains, and a register-level model of the 16-bit NF3 loop.
+//! What the core's vector side sustains (measured on Zen 5 and Zen 4), and a register-level model
+//! of the 16-bit NF3 loop.
 //!
 //! `cargo run --release -p bd-runtime --example nf_loop_model`
 //!
 //! x86-64 with AVX-512 VNNI and VBMI only. Two sets of timed `asm!` loops (no kernel code):
 //! - *mixes*: 16 or more independent 512-bit operations per iteration (no dependencies between
 //!   iterations, loads from L1), alone and in pairs, which shows how many of each the core issues
-//!   per cycle and which of them share pipes;
+//!   per cycle and which of them share pipes; with GFNI, also the INT kernels' operations
+//!   (`vpdpbusd`, the field extraction, the activation broadcasts) against `vpdpbusd`;
 //! - *the NF3 loop*: the instruction stream of `avx512_nf::block_z` for 4 rows and one input
 //!   (per row and 128-weight chunk: the index arithmetic on the code planes, 4 `vpermw` lookups,
 //!   4 `vpdpwssd`, the conversion and FMA of the epilogue), with the codes streamed from a 7 MB
@@ -156,6 +158,61 @@ mod model {
             "vpdpwssd zmm8, zmm30, [{x} + 128]", "vpermw zmm22, zmm30, zmm31", "vpdpwssd zmm9, zmm30, [{x} + 192]", "vpermw zmm23, zmm30, zmm31");
     }
 
+    /// The INT kernels' operations (`avx512_int::pair_block`): `vpdpbusd`, the GFNI field
+    /// extraction against shift and mask, the activation broadcasts, the epilogue's conversion
+    /// and factor permute, each against `vpdpbusd`.
+    #[rustfmt::skip]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,gfni")]
+    unsafe fn int_mixes(ghz: f64) {
+        let buf = Line([1; 4096]);
+        let x = buf.0.as_ptr();
+        mix!(ghz, x, "16 vpdpbusd", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vpdpbusd zmm1, zmm30, zmm31", "vpdpbusd zmm2, zmm30, zmm31", "vpdpbusd zmm3, zmm30, zmm31",
+            "vpdpbusd zmm4, zmm30, zmm31", "vpdpbusd zmm5, zmm30, zmm31", "vpdpbusd zmm6, zmm30, zmm31", "vpdpbusd zmm7, zmm30, zmm31",
+            "vpdpbusd zmm8, zmm30, zmm31", "vpdpbusd zmm9, zmm30, zmm31", "vpdpbusd zmm10, zmm30, zmm31", "vpdpbusd zmm11, zmm30, zmm31",
+            "vpdpbusd zmm12, zmm30, zmm31", "vpdpbusd zmm13, zmm30, zmm31", "vpdpbusd zmm14, zmm30, zmm31", "vpdpbusd zmm15, zmm30, zmm31");
+        mix!(ghz, x, "16 vgf2p8affineqb", 16.0,
+            "vgf2p8affineqb zmm16, zmm30, zmm29, 0", "vgf2p8affineqb zmm17, zmm30, zmm29, 0", "vgf2p8affineqb zmm18, zmm30, zmm29, 0", "vgf2p8affineqb zmm19, zmm30, zmm29, 0",
+            "vgf2p8affineqb zmm20, zmm30, zmm29, 0", "vgf2p8affineqb zmm21, zmm30, zmm29, 0", "vgf2p8affineqb zmm22, zmm30, zmm29, 0", "vgf2p8affineqb zmm23, zmm30, zmm29, 0",
+            "vgf2p8affineqb zmm24, zmm30, zmm29, 0", "vgf2p8affineqb zmm25, zmm30, zmm29, 0", "vgf2p8affineqb zmm26, zmm30, zmm29, 0", "vgf2p8affineqb zmm27, zmm30, zmm29, 0",
+            "vgf2p8affineqb zmm16, zmm30, zmm29, 0", "vgf2p8affineqb zmm17, zmm30, zmm29, 0", "vgf2p8affineqb zmm18, zmm30, zmm29, 0", "vgf2p8affineqb zmm19, zmm30, zmm29, 0");
+        mix!(ghz, x, "8 vpdpbusd + 8 vgf2p8affineqb", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vgf2p8affineqb zmm16, zmm30, zmm29, 0", "vpdpbusd zmm1, zmm30, zmm31", "vgf2p8affineqb zmm17, zmm30, zmm29, 0",
+            "vpdpbusd zmm2, zmm30, zmm31", "vgf2p8affineqb zmm18, zmm30, zmm29, 0", "vpdpbusd zmm3, zmm30, zmm31", "vgf2p8affineqb zmm19, zmm30, zmm29, 0",
+            "vpdpbusd zmm4, zmm30, zmm31", "vgf2p8affineqb zmm20, zmm30, zmm29, 0", "vpdpbusd zmm5, zmm30, zmm31", "vgf2p8affineqb zmm21, zmm30, zmm29, 0",
+            "vpdpbusd zmm6, zmm30, zmm31", "vgf2p8affineqb zmm22, zmm30, zmm29, 0", "vpdpbusd zmm7, zmm30, zmm31", "vgf2p8affineqb zmm23, zmm30, zmm29, 0");
+        mix!(ghz, x, "8 vpdpbusd + 4 vpsrlw + 4 vpandd", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vpsrlw zmm16, zmm30, 2", "vpdpbusd zmm1, zmm30, zmm31", "vpandd zmm17, zmm30, zmm29",
+            "vpdpbusd zmm2, zmm30, zmm31", "vpsrlw zmm18, zmm30, 2", "vpdpbusd zmm3, zmm30, zmm31", "vpandd zmm19, zmm30, zmm29",
+            "vpdpbusd zmm4, zmm30, zmm31", "vpsrlw zmm20, zmm30, 2", "vpdpbusd zmm5, zmm30, zmm31", "vpandd zmm21, zmm30, zmm29",
+            "vpdpbusd zmm6, zmm30, zmm31", "vpsrlw zmm22, zmm30, 2", "vpdpbusd zmm7, zmm30, zmm31", "vpandd zmm23, zmm30, zmm29");
+        mix!(ghz, x, "16 vbroadcasti64x4", 16.0,
+            "vbroadcasti64x4 zmm16, [{x} + 0]", "vbroadcasti64x4 zmm17, [{x} + 32]", "vbroadcasti64x4 zmm18, [{x} + 64]", "vbroadcasti64x4 zmm19, [{x} + 96]",
+            "vbroadcasti64x4 zmm20, [{x} + 128]", "vbroadcasti64x4 zmm21, [{x} + 160]", "vbroadcasti64x4 zmm22, [{x} + 192]", "vbroadcasti64x4 zmm23, [{x} + 224]",
+            "vbroadcasti64x4 zmm16, [{x} + 256]", "vbroadcasti64x4 zmm17, [{x} + 288]", "vbroadcasti64x4 zmm18, [{x} + 320]", "vbroadcasti64x4 zmm19, [{x} + 352]",
+            "vbroadcasti64x4 zmm20, [{x} + 384]", "vbroadcasti64x4 zmm21, [{x} + 416]", "vbroadcasti64x4 zmm22, [{x} + 448]", "vbroadcasti64x4 zmm23, [{x} + 480]");
+        mix!(ghz, x, "8 vpdpbusd + 8 vbroadcasti64x4", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vbroadcasti64x4 zmm16, [{x} + 0]", "vpdpbusd zmm1, zmm30, zmm31", "vbroadcasti64x4 zmm17, [{x} + 32]",
+            "vpdpbusd zmm2, zmm30, zmm31", "vbroadcasti64x4 zmm18, [{x} + 64]", "vpdpbusd zmm3, zmm30, zmm31", "vbroadcasti64x4 zmm19, [{x} + 96]",
+            "vpdpbusd zmm4, zmm30, zmm31", "vbroadcasti64x4 zmm20, [{x} + 128]", "vpdpbusd zmm5, zmm30, zmm31", "vbroadcasti64x4 zmm21, [{x} + 160]",
+            "vpdpbusd zmm6, zmm30, zmm31", "vbroadcasti64x4 zmm22, [{x} + 192]", "vpdpbusd zmm7, zmm30, zmm31", "vbroadcasti64x4 zmm23, [{x} + 224]");
+        mix!(ghz, x, "8 vpdpbusd + 8 vpbroadcastq", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vpbroadcastq zmm16, [{x} + 0]", "vpdpbusd zmm1, zmm30, zmm31", "vpbroadcastq zmm17, [{x} + 8]",
+            "vpdpbusd zmm2, zmm30, zmm31", "vpbroadcastq zmm18, [{x} + 16]", "vpdpbusd zmm3, zmm30, zmm31", "vpbroadcastq zmm19, [{x} + 24]",
+            "vpdpbusd zmm4, zmm30, zmm31", "vpbroadcastq zmm20, [{x} + 32]", "vpdpbusd zmm5, zmm30, zmm31", "vpbroadcastq zmm21, [{x} + 40]",
+            "vpdpbusd zmm6, zmm30, zmm31", "vpbroadcastq zmm22, [{x} + 48]", "vpdpbusd zmm7, zmm30, zmm31", "vpbroadcastq zmm23, [{x} + 56]");
+        mix!(ghz, x, "8 vpdpbusd + 8 vcvtdq2ps", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vcvtdq2ps zmm16, zmm30", "vpdpbusd zmm1, zmm30, zmm31", "vcvtdq2ps zmm17, zmm30",
+            "vpdpbusd zmm2, zmm30, zmm31", "vcvtdq2ps zmm18, zmm30", "vpdpbusd zmm3, zmm30, zmm31", "vcvtdq2ps zmm19, zmm30",
+            "vpdpbusd zmm4, zmm30, zmm31", "vcvtdq2ps zmm20, zmm30", "vpdpbusd zmm5, zmm30, zmm31", "vcvtdq2ps zmm21, zmm30",
+            "vpdpbusd zmm6, zmm30, zmm31", "vcvtdq2ps zmm22, zmm30", "vpdpbusd zmm7, zmm30, zmm31", "vcvtdq2ps zmm23, zmm30");
+        mix!(ghz, x, "8 vpdpbusd + 8 vpermps", 16.0,
+            "vpdpbusd zmm0, zmm30, zmm31", "vpermps zmm16, zmm29, zmm30", "vpdpbusd zmm1, zmm30, zmm31", "vpermps zmm17, zmm29, zmm30",
+            "vpdpbusd zmm2, zmm30, zmm31", "vpermps zmm18, zmm29, zmm30", "vpdpbusd zmm3, zmm30, zmm31", "vpermps zmm19, zmm29, zmm30",
+            "vpdpbusd zmm4, zmm30, zmm31", "vpermps zmm20, zmm29, zmm30", "vpdpbusd zmm5, zmm30, zmm31", "vpermps zmm21, zmm29, zmm30",
+            "vpdpbusd zmm6, zmm30, zmm31", "vpermps zmm22, zmm29, zmm30", "vpdpbusd zmm7, zmm30, zmm31", "vpermps zmm23, zmm29, zmm30");
+    }
+
     // The parts of the NF3 loop body, per chunk of 4 rows (zmm0-15 indices and lookups, 16-19
     // tables, 20-22 the lanes scheme's controls, 24-27 the sums, 28-31 the f32 accumulators).
     // The plane scheme, as `avx512_nf::block_z` issues it: two broadcast loads, a variable
@@ -266,6 +323,9 @@ mod model {
         println!("clock: {ghz:.2} GHz (dependent adds)");
         println!("-- independent operations, per iteration");
         unsafe { mixes(ghz) };
+        if has!("gfni") {
+            unsafe { int_mixes(ghz) };
+        }
         println!("-- the 16-bit NF3 loop, 4 rows x 1 input");
         unsafe { nf3_loop(ghz) };
     }

@@ -129,7 +129,8 @@ mod consumer {
                             let half = mats.len() / 2;
                             let start = std::sync::Barrier::new(2);
                             std::thread::scope(|s| {
-                                for (part, (solo, y, scratch)) in [&mats[..half], &mats[half..]].into_iter().zip(solo.iter_mut()) {
+                                for (part, (solo, y, scratch)) in [&mats[..half], &mats[half..]].into_iter().zip(solo.iter_mut())
+                                {
                                     let (start, x) = (&start, &x);
                                     s.spawn(move || {
                                         start.wait();
