@@ -64,7 +64,7 @@ mod model {
     /// Cycles per iteration of each mix (not rustfmt'd: it would give each instruction a line).
     #[rustfmt::skip]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    unsafe fn mixes(ghz: f64) {
+    unsafe fn mixes(ghz: f64, gfni: bool) {
         let buf = Line([1; 4096]);
         let x = buf.0.as_ptr();
         mix!(ghz, x, "16 vpaddd", 16.0,
@@ -156,16 +156,12 @@ mod model {
             "vpermw zmm16, zmm30, zmm31", "vpsrld zmm17, zmm30, 4", "vpdpwssd zmm6, zmm30, [{x} + 0]", "vpermw zmm18, zmm30, zmm31",
             "vpsrld zmm19, zmm30, 4", "vpdpwssd zmm7, zmm30, [{x} + 64]", "vpermw zmm20, zmm30, zmm31", "vpsrld zmm21, zmm30, 4",
             "vpdpwssd zmm8, zmm30, [{x} + 128]", "vpermw zmm22, zmm30, zmm31", "vpdpwssd zmm9, zmm30, [{x} + 192]", "vpermw zmm23, zmm30, zmm31");
-    }
-
-    /// The INT kernels' operations (`avx512_int::pair_block`): `vpdpbusd`, the GFNI field
-    /// extraction against shift and mask, the activation broadcasts, the epilogue's conversion
-    /// and factor permute, each against `vpdpbusd`.
-    #[rustfmt::skip]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,gfni")]
-    unsafe fn int_mixes(ghz: f64) {
-        let buf = Line([1; 4096]);
-        let x = buf.0.as_ptr();
+        // The INT kernels' operations (`avx512_int::pair_block`): `vpdpbusd`, the GFNI field
+        // extraction against shift and mask, the activation broadcasts, the epilogue's
+        // conversion and factor permute, each against `vpdpbusd`.
+        if !gfni {
+            return;
+        }
         mix!(ghz, x, "16 vpdpbusd", 16.0,
             "vpdpbusd zmm0, zmm30, zmm31", "vpdpbusd zmm1, zmm30, zmm31", "vpdpbusd zmm2, zmm30, zmm31", "vpdpbusd zmm3, zmm30, zmm31",
             "vpdpbusd zmm4, zmm30, zmm31", "vpdpbusd zmm5, zmm30, zmm31", "vpdpbusd zmm6, zmm30, zmm31", "vpdpbusd zmm7, zmm30, zmm31",
@@ -322,10 +318,7 @@ mod model {
         let ghz = clock_ghz();
         println!("clock: {ghz:.2} GHz (dependent adds)");
         println!("-- independent operations, per iteration");
-        unsafe { mixes(ghz) };
-        if has!("gfni") {
-            unsafe { int_mixes(ghz) };
-        }
+        unsafe { mixes(ghz, has!("gfni")) };
         println!("-- the 16-bit NF3 loop, 4 rows x 1 input");
         unsafe { nf3_loop(ghz) };
     }
