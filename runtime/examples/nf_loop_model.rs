@@ -14,7 +14,8 @@
 //!   buffer laid out as 4096-column rows, the tables and activations in L1; no table builds, no
 //!   prefetches, no addressing. Variants drop the index arithmetic or the epilogue, or derive the
 //!   indices from a repacked layout (`vpermb` with its load folded in, two `vpmultishiftqb` and
-//!   two shifts, as on branch `nf3-lanes-proto`), so that what each part costs can be read off directly.
+//!   two shifts, as in the prototype that docs/BENCHMARKS.md describes), so that what each part
+//!   costs can be read off directly.
 //!
 //! Cycles are derived from a chain of dependent scalar adds (1 cycle each).
 
@@ -230,7 +231,7 @@ mod model {
             "vbroadcasti64x4 zmm4, [{c} + 1536]\n vmovdqa64 zmm5, zmm4\n vmovdqa64 zmm6, zmm4\n vmovdqa64 zmm7, zmm4\n",
             "vbroadcasti64x4 zmm8, [{c} + 3072]\n vmovdqa64 zmm9, zmm8\n vmovdqa64 zmm10, zmm8\n vmovdqa64 zmm11, zmm8\n",
             "vbroadcasti64x4 zmm12, [{c} + 4608]\n vmovdqa64 zmm13, zmm12\n vmovdqa64 zmm14, zmm12\n vmovdqa64 zmm15, zmm12\n") }; }
-    // A repacked layout (branch `nf3-lanes-proto`): `vpermb` with the load folded in, two
+    // A repacked layout (the prototype in docs/BENCHMARKS.md): `vpermb` with the load folded in, two
     // `vpmultishiftqb`, two shifts.
     #[rustfmt::skip]
     macro_rules! lanes_index { () => { concat!(
