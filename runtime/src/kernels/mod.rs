@@ -129,6 +129,8 @@ macro_rules! nf_dispatch {
 
 mod act;
 mod aligned;
+#[doc(hidden)]
+pub mod lut;
 mod nf_int;
 mod reference;
 #[cfg(test)]
@@ -146,6 +148,8 @@ mod avx512;
 mod avx512_float;
 #[cfg(target_arch = "x86_64")]
 mod avx512_int;
+#[cfg(target_arch = "x86_64")]
+mod avx512_lut;
 #[cfg(target_arch = "x86_64")]
 mod avx512_nf;
 #[cfg(target_arch = "x86_64")]
@@ -530,6 +534,35 @@ impl Kernels {
             *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0, nf_int::tmax(act8)) } else { act::int_row_twin(&p, r, &act, 0) };
         }
     }
+}
+
+/// `y = m x` by the NF3 table scheme (`lut.rs`), tables already built in `t`: the AVX-512 kernel
+/// where the CPU has AVX-512 VBMI2 and `simd`, else the scalar twin.
+#[doc(hidden)]
+pub fn lut_matvec(m: &lut::LutNf3, t: &lut::LutTables, y: &mut [f32], simd: bool) {
+    assert_eq!(y.len(), m.rows, "lut_matvec: output length");
+    #[cfg(target_arch = "x86_64")]
+    if simd && Isa::Avx512.supported() && is_x86_feature_detected!("avx512vbmi2") {
+        unsafe { avx512_lut::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
+        return;
+    }
+    let _ = simd;
+    for (r, yr) in y.iter_mut().enumerate() {
+        *yr = lut::row_twin(m, t, r);
+    }
+}
+
+/// Build the NF3 tables of `x` into `t`: the AVX-512 builder where the CPU has it and `simd`, else
+/// the twin.
+#[doc(hidden)]
+pub fn lut_tables(x: &[f32], t: &mut lut::LutTables, simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && Isa::Avx512.supported() {
+        unsafe { avx512_lut::build(x, t) };
+        return;
+    }
+    let _ = simd;
+    t.build_twin(x);
 }
 
 /// What a `BD_ACT_BITS` value selects (`true`: 8-bit activations), and the warning for a value

@@ -1,0 +1,183 @@
+//! AVX-512 kernel of the NF3 table scheme (`lut.rs`): per pair of columns and block of 32 rows,
+//! one index register (a shift of the codes), two `vpermi2w` lookups and two 16-bit adds.
+
+use super::lut::{LutNf3, LutTables, BLOCK, CODE_BYTES, SEG};
+use bd_formats::quant::NF3_LEVELS;
+use std::arch::x86_64::*;
+use std::array::from_fn;
+
+/// Lookup indices of pair `k` (0-7) of a block's 16 columns at `z` (`lut.rs`, the layout): bits
+/// `6k..6k + 6` of each row's 48-bit field, in bits 0-5 of its word (`vpermi2w` ignores the
+/// bits above).
+#[inline(always)]
+unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
+    let w = |i: usize| _mm512_loadu_si512(z.add(i) as *const __m512i);
+    match k {
+        0 => w(0),
+        1 => _mm512_srli_epi16::<6>(w(0)),
+        2 => _mm512_shrdi_epi16::<12>(w(0), w(1)),
+        3 => _mm512_srli_epi16::<2>(w(1)),
+        4 => _mm512_srli_epi16::<8>(w(1)),
+        5 => _mm512_shrdi_epi16::<14>(w(1), w(2)),
+        6 => _mm512_srli_epi16::<4>(w(2)),
+        _ => _mm512_srli_epi16::<10>(w(2)),
+    }
+}
+
+/// `LutTables::build_twin` with 16 entries a register: per pair of columns, per side, one product
+/// and four FMAs on constant level patterns, rounded and narrowed to words. The same f32
+/// operations as the twin, so the same tables.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+pub unsafe fn build(x: &[f32], t: &mut LutTables) {
+    assert!(x.len() <= t.pcols(), "input of {} values for {} columns", x.len(), t.pcols());
+    // Lane i of register v of a side's 64 entries: first code i % 8, second code 2v + i / 8.
+    let side = |pos: bool, q: usize| if (pos && q >= 4) || (!pos && q <= 2) { NF3_LEVELS[q] } else { 0.0 };
+    let mut a = [_mm512_setzero_ps(); 2];
+    let mut bv = [[_mm512_setzero_ps(); 4]; 2];
+    for sd in 0..2 {
+        let l: [f32; 16] = std::array::from_fn(|i| side(sd == 0, i % 8));
+        a[sd] = _mm512_loadu_ps(l.as_ptr());
+        for v in 0..4 {
+            let l: [f32; 16] = std::array::from_fn(|i| side(sd == 0, 2 * v + i / 8));
+            bv[sd][v] = _mm512_loadu_ps(l.as_ptr());
+        }
+    }
+    let xv = |c: usize| if c < x.len() { *x.get_unchecked(c) } else { 0.0 };
+    for s in 0..t.d.len() {
+        let inv = t.scale_segment(x, s);
+        for k in 0..SEG / 2 {
+            let c = s * SEG + 2 * k;
+            let x1 = _mm512_set1_ps(xv(c) * inv);
+            let x2 = _mm512_set1_ps(xv(c + 1) * inv);
+            let out = t.tabs.as_mut_ptr().add(c / 2 * 128);
+            for sd in 0..2 {
+                let base = _mm512_mul_ps(x1, a[sd]);
+                for v in 0..4 {
+                    let e = _mm512_cvtps_epi32(_mm512_fmadd_ps(x2, bv[sd][v], base));
+                    _mm256_storeu_si256(out.add(64 * sd + 16 * v) as *mut __m256i, _mm512_cvtepi32_epi16(e));
+                }
+            }
+        }
+    }
+}
+
+/// Blocks `b0..b1` of `m` times the input of `t`: `y[r]` for the rows of those blocks.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VBMI2; `y` has room for row `min(b1 * 32, m.rows) - 1`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
+pub unsafe fn blocks(m: &LutNf3, t: &LutTables, b0: usize, b1: usize, y: *mut f32) {
+    let mut b = b0;
+    while b + 4 <= b1 {
+        tile::<4>(m, t, b, y);
+        b += 4;
+    }
+    while b < b1 {
+        tile::<1>(m, t, b, y);
+        b += 1;
+    }
+}
+
+/// One pair of columns for 4 blocks: the tables at `tp` loaded once, 8 lookups, 8 adds. In `asm!`
+/// because LLVM otherwise hoists the tables of all 8 pairs of a code group and spills (measured
+/// 3x slower).
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n: &mut [__m512i; 4]) {
+    let mut t = [_mm512_setzero_si512(); 9];
+    std::arch::asm!(
+        "vmovdqu64 {t0}, [{tp}]",
+        "vmovdqu64 {t1}, [{tp} + 64]",
+        "vmovdqu64 {t2}, [{tp} + 128]",
+        "vmovdqu64 {t3}, [{tp} + 192]",
+        "vmovdqa64 {a}, {i0}", "vpermi2w {a}, {t0}, {t1}", "vpermi2w {i0}, {t2}, {t3}", "vpaddw {p0}, {p0}, {a}", "vpaddw {n0}, {n0}, {i0}",
+        "vmovdqa64 {a}, {i1}", "vpermi2w {a}, {t0}, {t1}", "vpermi2w {i1}, {t2}, {t3}", "vpaddw {p1}, {p1}, {a}", "vpaddw {n1}, {n1}, {i1}",
+        "vmovdqa64 {a}, {i2}", "vpermi2w {a}, {t0}, {t1}", "vpermi2w {i2}, {t2}, {t3}", "vpaddw {p2}, {p2}, {a}", "vpaddw {n2}, {n2}, {i2}",
+        "vmovdqa64 {a}, {i3}", "vpermi2w {a}, {t0}, {t1}", "vpermi2w {i3}, {t2}, {t3}", "vpaddw {p3}, {p3}, {a}", "vpaddw {n3}, {n3}, {i3}",
+        tp = in(reg) tp,
+        t0 = out(zmm_reg) t[0], t1 = out(zmm_reg) t[1], t2 = out(zmm_reg) t[2], t3 = out(zmm_reg) t[3], a = out(zmm_reg) t[4],
+        i0 = inout(zmm_reg) idx[0] => t[5], i1 = inout(zmm_reg) idx[1] => t[6], i2 = inout(zmm_reg) idx[2] => t[7], i3 = inout(zmm_reg) idx[3] => t[8],
+        p0 = inout(zmm_reg) p[0], p1 = inout(zmm_reg) p[1], p2 = inout(zmm_reg) p[2], p3 = inout(zmm_reg) p[3],
+        n0 = inout(zmm_reg) n[0], n1 = inout(zmm_reg) n[1], n2 = inout(zmm_reg) n[2], n3 = inout(zmm_reg) n[3],
+        options(pure, readonly, nostack),
+    );
+}
+
+const PF: usize = match option_env!("BD_PF") {
+    Some(_) => 1536,
+    None => 0,
+};
+
+#[inline(always)]
+unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, y: *mut f32) {
+    let n16 = m.pcols / 16;
+    let codes = m.codes.as_ptr() as *const u8;
+    let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * n16 * CODE_BYTES) as *const __m512i);
+    let tabs = t.tabs.as_ptr() as *const __m512i;
+    let scales = m.scales.as_ptr();
+    let spg = m.group / SEG;
+    let mut yv = [[_mm512_setzero_ps(); 2]; R];
+    for s in 0..m.pcols / SEG {
+        let mut p = [_mm512_setzero_si512(); R];
+        let mut n = [_mm512_setzero_si512(); R];
+        unroll!(q in [0, 1] {
+            let j16 = 2 * s + q;
+            if PF > 0 {
+                for i in 0..R {
+                    let c = (cb[i].add(j16 * 3) as *const u8).wrapping_add(PF);
+                    for l in 0..3 {
+                        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(64 * l) as *const i8);
+                    }
+                }
+            }
+            unroll!(k in [0, 1, 2, 3, 4, 5, 6, 7] {
+                let tp = tabs.add((s * 16 + q * 8 + k) * 4);
+                let idx: [__m512i; R] = from_fn(|i| indices(cb[i].add(j16 * 3), k));
+                if R == 4 {
+                    let four = |v: &mut [__m512i; R]| &mut *(v.as_mut_ptr() as *mut [__m512i; 4]);
+                    step4(tp, &*(idx.as_ptr() as *const [__m512i; 4]), four(&mut p), four(&mut n));
+                } else {
+                    for i in 0..R {
+                        let (t0, t1, t2, t3) = (
+                            _mm512_loadu_si512(tp as *const __m512i),
+                            _mm512_loadu_si512(tp.add(1) as *const __m512i),
+                            _mm512_loadu_si512(tp.add(2) as *const __m512i),
+                            _mm512_loadu_si512(tp.add(3) as *const __m512i),
+                        );
+                        p[i] = _mm512_add_epi16(p[i], _mm512_permutex2var_epi16(t0, idx[i], t1));
+                        n[i] = _mm512_add_epi16(n[i], _mm512_permutex2var_epi16(t2, idx[i], t3));
+                    }
+                }
+            });
+        });
+        let d = _mm512_set1_ps(*t.d.get_unchecked(s));
+        let g = s / spg;
+        for i in 0..R {
+            let sc = scales.add(((b + i) * m.groups + g) * 2 * BLOCK);
+            unroll!(h in [0, 1] {
+                let pos = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(16 * h) as *const __m256i));
+                let neg = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(BLOCK + 16 * h) as *const __m256i));
+                let pw = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<{ h as i32 }>(p[i]));
+                let nw = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<{ h as i32 }>(n[i]));
+                yv[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pw), _mm512_mul_ps(pos, d), yv[i][h]);
+                yv[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(nw), _mm512_mul_ps(neg, d), yv[i][h]);
+            });
+        }
+    }
+    for i in 0..R {
+        let r0 = (b + i) * BLOCK;
+        let live = m.rows.saturating_sub(r0).min(BLOCK);
+        if live == BLOCK {
+            _mm512_storeu_ps(y.add(r0), yv[i][0]);
+            _mm512_storeu_ps(y.add(r0 + 16), yv[i][1]);
+        } else {
+            let lo = (1u32 << live.min(16)) - 1;
+            let hi = if live > 16 { (1u32 << (live - 16)) - 1 } else { 0 };
+            _mm512_mask_storeu_ps(y.add(r0), lo as u16, yv[i][0]);
+            _mm512_mask_storeu_ps(y.add(r0 + 16), hi as u16, yv[i][1]);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! NF3 by table lookup (T-MAC's idea, with lanes as rows): the activations, not the weights, become
+//! tables, and one 64-entry lookup serves two weights of each of 32 rows.
+//!
+//! # The scheme
+//!
+//! NF3 weight `(r, c)` is `L[q] * pos` for the positive levels (codes 4-7) and `L[q] * neg` for the
+//! negative ones (codes 0-2), with `pos`/`neg` the f16 scales of its row and group. For a pair of
+//! columns `(c, c + 1)` and the 6-bit index `i = q_c + 8 q_{c+1}`, the activation tables
+//!
+//! ```text
+//! T+[i] = round(x'_c L+[q_c] + x'_{c+1} L+[q_{c+1}]),   L+[q] = L[q] for q >= 4, else 0
+//! T-[i] = the same with L-[q] = L[q] for q <= 2, else 0
+//! ```
+//!
+//! (`x' = x / d_s`, `d_s = max over the segment's pairs of (|x_c| + |x_{c+1}|) / EMAX`, one scale
+//! per *segment* of 32 columns) hold every value a pair can contribute. So for 32 rows at once,
+//! one `vpermi2w` per table looks up 64 weights, and 16-bit adds sum a segment exactly
+//! (`16 * EMAX < 2^15`): a row's result is `sum_seg d_s * (pos_g * P_seg + neg_g * N_seg)`.
+//!
+//! Precision: each table entry is rounded to 1/EMAX of its segment's largest pair sum, ~11 bits,
+//! between the 16-bit (15 bits per activation) and the 8-bit activations (7 bits).
+//!
+//! # The layout (repacked from the `.bd2` one)
+//!
+//! Rows in blocks of 32 (the word lanes of a 512-bit register), the last block padded with the
+//! zero code. Per block, per 16 columns: three registers `z0..z2` of 32 words, word `r` of `z_i`
+//! holding bits `16i..16i + 16` of row `r`'s 48-bit field `F_r = sum_j q_{c0 + j} << 3j`. Pair `k`
+//! of the 16 columns is bits `6k..6k + 6` of `F_r`: a shift or a funnel shift of one or two words.
+//! Scales: per block and group, the 32 rows' `pos` then their `neg`, as f16.
+
+use bd_formats::quant::{GroupParams, PackedMatrix, QuantFormat, NF3_LEVELS};
+
+/// Rows per block: the word lanes of a 512-bit register.
+pub const BLOCK: usize = 32;
+/// Columns per table scale (and per exact 16-bit sum).
+pub const SEG: usize = 32;
+/// Largest table entry: 16 of them (a segment's pairs) sum without overflow in 16 bits.
+pub const EMAX: f32 = 2047.0;
+/// Bytes of codes per block and 16 columns.
+pub const CODE_BYTES: usize = 3 * 64;
+/// The code of level 0.
+const ZERO_CODE: u8 = 3;
+
+/// An NF3 matrix in the table kernels' layout.
+pub struct LutNf3 {
+    pub rows: usize,
+    pub cols: usize,
+    pub group: usize,
+    pub groups: usize,
+    /// Columns rounded up to a whole number of segments.
+    pub pcols: usize,
+    pub blocks: usize,
+    /// `[block][pcols / 16][3][32]` words.
+    pub codes: Vec<u16>,
+    /// `[block][group][pos 32, neg 32]` f16 bits.
+    pub scales: Vec<u16>,
+}
+
+impl LutNf3 {
+    /// Whether `p` can be repacked: NF3 with groups of whole segments.
+    pub fn supports(p: &PackedMatrix) -> bool {
+        p.format() == QuantFormat::Nf3 && p.layout.group >= SEG && p.layout.group.is_multiple_of(SEG)
+    }
+
+    pub fn new(p: &PackedMatrix) -> Option<Self> {
+        if !Self::supports(p) {
+            return None;
+        }
+        let l = &p.layout;
+        let (rows, cols, group, groups) = (l.rows, l.cols, l.group, l.groups);
+        let pcols = cols.div_ceil(SEG) * SEG;
+        let blocks = rows.div_ceil(BLOCK);
+        let n16 = pcols / 16;
+        let mut codes = vec![0u16; blocks * n16 * 3 * BLOCK];
+        let mut scales = vec![0u16; blocks * groups * 2 * BLOCK];
+        for b in 0..blocks {
+            for lane in 0..BLOCK {
+                let r = b * BLOCK + lane;
+                for j16 in 0..n16 {
+                    let mut f = 0u64;
+                    for j in 0..16 {
+                        let c = j16 * 16 + j;
+                        let q = if r < rows && c < cols { p.code(r, c) } else { ZERO_CODE };
+                        f |= (q as u64) << (3 * j);
+                    }
+                    for i in 0..3 {
+                        codes[((b * n16 + j16) * 3 + i) * BLOCK + lane] = (f >> (16 * i)) as u16;
+                    }
+                }
+                for g in 0..groups {
+                    let (pos, neg) = match (r < rows).then(|| p.params(r, g)) {
+                        Some(GroupParams::Nf { pos, neg }) => (pos.to_bits(), neg.to_bits()),
+                        _ => (0, 0),
+                    };
+                    let at = (b * groups + g) * 2 * BLOCK;
+                    scales[at + lane] = pos;
+                    scales[at + BLOCK + lane] = neg;
+                }
+            }
+        }
+        Some(Self { rows, cols, group, groups, pcols, blocks, codes, scales })
+    }
+
+    /// The code of weight `(r, c)` as the layout holds it (tests).
+    pub fn code(&self, r: usize, c: usize) -> u8 {
+        let (b, lane, j16, j) = (r / BLOCK, r % BLOCK, c / 16, c % 16);
+        let w = |i: usize| self.codes[((b * (self.pcols / 16) + j16) * 3 + i) * BLOCK + lane] as u64;
+        let f = w(0) | w(1) << 16 | w(2) << 32;
+        ((f >> (3 * j)) & 7) as u8
+    }
+}
+
+/// The activation tables of one input: per pair of columns `[T+ low, T+ high, T- low, T- high]`,
+/// 32 words each (`high`: the second code is 4-7), and per segment its scale `d_s`.
+pub struct LutTables {
+    pub tabs: Vec<i16>,
+    pub d: Vec<f32>,
+}
+
+impl LutTables {
+    pub fn new(pcols: usize) -> Self {
+        Self { tabs: vec![0; pcols / 2 * 128], d: vec![0.0; pcols / SEG] }
+    }
+
+    /// Columns the tables cover.
+    pub fn pcols(&self) -> usize {
+        self.d.len() * SEG
+    }
+
+    /// Build the tables of `x` in plain Rust (`x.len() <= pcols`; the columns past it are zero):
+    /// the definition the SIMD builders are tested against.
+    pub fn build_twin(&mut self, x: &[f32]) {
+        assert!(x.len() <= self.pcols(), "input of {} values for {} columns", x.len(), self.pcols());
+        let xv = |c: usize| if c < x.len() { x[c] } else { 0.0 };
+        for s in 0..self.d.len() {
+            let inv = self.scale_segment(x, s);
+            for k in 0..SEG / 2 {
+                let c = s * SEG + 2 * k;
+                entries(xv(c) * inv, xv(c + 1) * inv, &mut self.tabs[c / 2 * 128..][..128]);
+            }
+        }
+    }
+
+    /// Set segment `s`'s scale `d_s` from `x` and return `1 / d_s` (0 for an all-zero segment,
+    /// which then has all-zero tables).
+    pub(crate) fn scale_segment(&mut self, x: &[f32], s: usize) -> f32 {
+        let xv = |c: usize| if c < x.len() { x[c] } else { 0.0 };
+        let m = (0..SEG / 2).map(|k| xv(s * SEG + 2 * k).abs() + xv(s * SEG + 2 * k + 1).abs()).fold(0.0f32, f32::max);
+        let (d, inv) = if m > 1e-30 && m.is_finite() { (m / EMAX, EMAX / m) } else { (0.0, 0.0) };
+        self.d[s] = d;
+        inv
+    }
+}
+
+/// A pair's 128 table entries from its scaled activations (the order of `LutTables::tabs`).
+pub fn entries(x1: f32, x2: f32, t: &mut [i16]) {
+    for side in 0..2 {
+        for i in 0..64 {
+            let (q1, q2) = (i % 8, i / 8);
+            let l = |q: usize| if (side == 0 && q >= 4) || (side == 1 && q <= 2) { NF3_LEVELS[q] } else { 0.0 };
+            t[side * 64 + i] = x2.mul_add(l(q2), x1 * l(q1)).round_ties_even() as i16;
+        }
+    }
+}
+
+/// The scalar twin: row `r` of `m` times the input whose tables are `t`, with the arithmetic of
+/// the SIMD kernel (exact integer segment sums, then the same f32 operations in the same order).
+pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
+    let (b, lane) = (r / BLOCK, r % BLOCK);
+    let mut y = 0.0f32;
+    for s in 0..m.pcols / SEG {
+        let g = s * SEG / m.group;
+        let (mut p, mut n) = (0i32, 0i32);
+        for k in 0..SEG / 2 {
+            let c = s * SEG + 2 * k;
+            let i = (m.code(r, c) + 8 * m.code(r, c + 1)) as usize;
+            let tab = &t.tabs[c / 2 * 128..];
+            p += tab[i] as i32;
+            n += tab[64 + i] as i32;
+        }
+        let at = (b * m.groups + g) * 2 * BLOCK + lane;
+        let pos = half::f16::from_bits(m.scales[at]).to_f32();
+        let neg = half::f16::from_bits(m.scales[at + BLOCK]).to_f32();
+        y = (p as f32).mul_add(pos * t.d[s], y);
+        y = (n as f32).mul_add(neg * t.d[s], y);
+    }
+    y
+}
