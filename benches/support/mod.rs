@@ -443,7 +443,7 @@ impl Kernel for Ours {
         pool.install(|| {
             for i in 0..products {
                 let m = PackedMatrix::new(layout, &blobs[i % blobs.len()]).expect("packed matrix");
-                let w = Weight { rows: layout.rows, cols: layout.cols, data: WeightData::Quant(m) };
+                let w = Weight { rows: layout.rows, cols: layout.cols, data: WeightData::Quant(m), lut: None };
                 kernels.matvec(&w, x, y, scratch);
             }
         });

@@ -121,13 +121,17 @@ fn main() {
             let blobs: Vec<Vec<u8>> = (0..copies).map(|_| blob.clone()).collect();
             let weights: Vec<Weight> = blobs
                 .iter()
-                .map(|b| Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, b).unwrap()) })
+                .map(|b| Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, b).unwrap()), lut: None })
                 .collect();
             let small_rows = 256;
             let small_layout = PackedLayout::new(format, group, small_rows, cols).unwrap();
             let small_blob = pack_matrix(format, group, small_rows, cols, &vec![0.01; small_rows * cols]).unwrap();
-            let small =
-                Weight { rows: small_rows, cols, data: WeightData::Quant(PackedMatrix::new(small_layout, &small_blob).unwrap()) };
+            let small = Weight {
+                rows: small_rows,
+                cols,
+                data: WeightData::Quant(PackedMatrix::new(small_layout, &small_blob).unwrap()),
+                lut: None,
+            };
             let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
             let mut y = vec![0f32; rows];
             let mut scratch = Scratch::new(cols, 1);

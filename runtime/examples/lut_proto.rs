@@ -45,7 +45,7 @@ fn main() {
         let layout = PackedLayout::new(QuantFormat::Nf3, 128, rows, cols).unwrap();
         let blob = pack_matrix(QuantFormat::Nf3, 128, rows, cols, &w).unwrap();
         let p = PackedMatrix::new(layout, &blob).unwrap();
-        let wt = Weight { rows, cols, data: WeightData::Quant(p) };
+        let wt = Weight { rows, cols, data: WeightData::Quant(p), lut: None };
         let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
         let m = LutNf3::new(&p).unwrap();
         let mut t = LutTables::new(m.pcols);

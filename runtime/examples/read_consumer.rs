@@ -99,7 +99,7 @@ mod consumer {
             let blobs: Vec<Vec<u8>> = (0..copies).map(|_| blob.clone()).collect();
             let mats: Vec<Weight> = blobs
                 .iter()
-                .map(|b| Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, b).expect("matrix")) })
+                .map(|b| Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, b).expect("matrix")), lut: None })
                 .collect();
             let x: Vec<f32> = (0..cols).map(|_| rnd() * 50.0).collect();
             let mut y = vec![0f32; rows];

@@ -3,7 +3,8 @@
 //! on every token.
 
 use crate::error::{Result, RuntimeError};
-use crate::kernels::{Weight, WeightData};
+use crate::kernels::lut::LutNf3;
+use crate::kernels::{Kernels, Weight, WeightData};
 use bd_formats::bd2::{Bd2File, ReadOptions, TensorInfo};
 use bd_formats::config::BLOCK_LINEARS;
 use bd_formats::quant::{PackedLayout, PackedMatrix};
@@ -38,6 +39,9 @@ pub(crate) struct Layer {
 
 pub struct Model {
     file: Bd2File,
+    /// Per tensor of the file, the NF3 table kernel's repacked copy (`kernels::lut`), made at load
+    /// where this CPU's kernels use it (decode); prefill keeps reading the file's layout.
+    luts: Vec<Option<LutNf3>>,
     pub(crate) layers: Vec<Layer>,
     pub(crate) embed: MatrixRef,
     pub(crate) final_norm: Vec<f32>,
@@ -99,7 +103,20 @@ impl Model {
         }
         let head = if c.tied_embeddings { embed } else { matrix("lm_head.weight")? };
         let final_norm = vector("model.norm.weight")?;
-        Ok(Self { file, layers, embed, final_norm, head })
+        let mut model = Self { file, luts: Vec::new(), layers, embed, final_norm, head };
+        let kernels = Kernels::detect();
+        let mut luts: Vec<Option<LutNf3>> = (0..model.file.tensors().len()).map(|_| None).collect();
+        for l in &model.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &model.head] {
+                if let WeightData::Quant(p) = model.weight(m).data {
+                    if kernels.wants_tables(&p) && luts[m.index].is_none() {
+                        luts[m.index] = LutNf3::new(&p);
+                    }
+                }
+            }
+        }
+        model.luts = luts;
+        Ok(model)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -126,7 +143,7 @@ impl Model {
             (DType::Quant(_), Some(l)) => WeightData::Quant(PackedMatrix::new(l, bytes).expect("validated at load")),
             (DType::Quant(_), None) => unreachable!("quantized matrices carry their layout"),
         };
-        Weight { rows: m.rows, cols: m.cols, data }
+        Weight { rows: m.rows, cols: m.cols, data, lut: self.luts.get(m.index).and_then(Option::as_ref) }
     }
 
     fn bytes(&self, m: &MatrixRef) -> &[u8] {

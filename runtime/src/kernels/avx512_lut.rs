@@ -32,7 +32,6 @@ unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
 /// The CPU has AVX-512 F/BW.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub unsafe fn build(x: &[f32], t: &mut LutTables) {
-    assert!(x.len() <= t.pcols(), "input of {} values for {} columns", x.len(), t.pcols());
     // Lane i of register v of a side's 64 entries: first code i % 8, second code 2v + i / 8.
     let side = |pos: bool, q: usize| if (pos && q >= 4) || (!pos && q <= 2) { NF3_LEVELS[q] } else { 0.0 };
     let mut a = [_mm512_setzero_ps(); 2];
@@ -46,7 +45,7 @@ pub unsafe fn build(x: &[f32], t: &mut LutTables) {
         }
     }
     let xv = |c: usize| if c < x.len() { *x.get_unchecked(c) } else { 0.0 };
-    for s in 0..t.d.len() {
+    for s in 0..t.segs(x.len()) {
         let inv = t.scale_segment(x, s);
         for k in 0..SEG / 2 {
             let c = s * SEG + 2 * k;
@@ -87,7 +86,18 @@ pub unsafe fn blocks(m: &LutNf3, t: &LutTables, b0: usize, b1: usize, y: *mut f3
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n: &mut [__m512i; 4]) {
-    let mut t = [_mm512_setzero_si512(); 9];
+    // Scratch registers: named outputs (`out(zmm_reg) _` formats as an invalid register name).
+    let (_t0, _t1, _t2, _t3, _a, _i0, _i1, _i2, _i3): (
+        __m512i,
+        __m512i,
+        __m512i,
+        __m512i,
+        __m512i,
+        __m512i,
+        __m512i,
+        __m512i,
+        __m512i,
+    );
     std::arch::asm!(
         "vmovdqu64 {t0}, [{tp}]",
         "vmovdqu64 {t1}, [{tp} + 64]",
@@ -98,8 +108,8 @@ unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n:
         "vmovdqa64 {a}, {i2}", "vpermi2w {a}, {t0}, {t1}", "vpermi2w {i2}, {t2}, {t3}", "vpaddw {p2}, {p2}, {a}", "vpaddw {n2}, {n2}, {i2}",
         "vmovdqa64 {a}, {i3}", "vpermi2w {a}, {t0}, {t1}", "vpermi2w {i3}, {t2}, {t3}", "vpaddw {p3}, {p3}, {a}", "vpaddw {n3}, {n3}, {i3}",
         tp = in(reg) tp,
-        t0 = out(zmm_reg) t[0], t1 = out(zmm_reg) t[1], t2 = out(zmm_reg) t[2], t3 = out(zmm_reg) t[3], a = out(zmm_reg) t[4],
-        i0 = inout(zmm_reg) idx[0] => t[5], i1 = inout(zmm_reg) idx[1] => t[6], i2 = inout(zmm_reg) idx[2] => t[7], i3 = inout(zmm_reg) idx[3] => t[8],
+        t0 = out(zmm_reg) _t0, t1 = out(zmm_reg) _t1, t2 = out(zmm_reg) _t2, t3 = out(zmm_reg) _t3, a = out(zmm_reg) _a,
+        i0 = inout(zmm_reg) idx[0] => _i0, i1 = inout(zmm_reg) idx[1] => _i1, i2 = inout(zmm_reg) idx[2] => _i2, i3 = inout(zmm_reg) idx[3] => _i3,
         p0 = inout(zmm_reg) p[0], p1 = inout(zmm_reg) p[1], p2 = inout(zmm_reg) p[2], p3 = inout(zmm_reg) p[3],
         n0 = inout(zmm_reg) n[0], n1 = inout(zmm_reg) n[1], n2 = inout(zmm_reg) n[2], n3 = inout(zmm_reg) n[3],
         options(pure, readonly, nostack),

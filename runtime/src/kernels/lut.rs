@@ -28,7 +28,9 @@
 //! of the 16 columns is bits `6k..6k + 6` of `F_r`: a shift or a funnel shift of one or two words.
 //! Scales: per block and group, the 32 rows' `pos` then their `neg`, as f16.
 
-use bd_formats::quant::{GroupParams, PackedMatrix, QuantFormat, NF3_LEVELS};
+use super::reference::decode_chunk;
+use bd_formats::quant::{GroupParams, PackedMatrix, QuantFormat, CHUNK, NF3_LEVELS};
+use rayon::prelude::*;
 
 /// Rows per block: the word lanes of a 512-bit register.
 pub const BLOCK: usize = 32;
@@ -42,6 +44,7 @@ pub const CODE_BYTES: usize = 3 * 64;
 const ZERO_CODE: u8 = 3;
 
 /// An NF3 matrix in the table kernels' layout.
+#[derive(Clone)]
 pub struct LutNf3 {
     pub rows: usize,
     pub cols: usize,
@@ -56,12 +59,20 @@ pub struct LutNf3 {
     pub scales: Vec<u16>,
 }
 
+impl std::fmt::Debug for LutNf3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LutNf3 {{ rows: {}, cols: {}, group: {} }}", self.rows, self.cols, self.group)
+    }
+}
+
 impl LutNf3 {
     /// Whether `p` can be repacked: NF3 with groups of whole segments.
     pub fn supports(p: &PackedMatrix) -> bool {
         p.format() == QuantFormat::Nf3 && p.layout.group >= SEG && p.layout.group.is_multiple_of(SEG)
     }
 
+    /// Repack `p` (`None` where [`LutNf3::supports`] says no). Blocks in parallel on the current
+    /// rayon pool; each row's chunks are unpacked once.
     pub fn new(p: &PackedMatrix) -> Option<Self> {
         if !Self::supports(p) {
             return None;
@@ -73,32 +84,46 @@ impl LutNf3 {
         let n16 = pcols / 16;
         let mut codes = vec![0u16; blocks * n16 * 3 * BLOCK];
         let mut scales = vec![0u16; blocks * groups * 2 * BLOCK];
-        for b in 0..blocks {
-            for lane in 0..BLOCK {
-                let r = b * BLOCK + lane;
-                for j16 in 0..n16 {
-                    let mut f = 0u64;
-                    for j in 0..16 {
-                        let c = j16 * 16 + j;
-                        let q = if r < rows && c < cols { p.code(r, c) } else { ZERO_CODE };
-                        f |= (q as u64) << (3 * j);
+        let cb = l.row_code_bytes / (l.padded_cols() / CHUNK);
+        codes.par_chunks_mut(n16 * 3 * BLOCK).zip(scales.par_chunks_mut(groups * 2 * BLOCK)).enumerate().for_each(
+            |(b, (codes, scales))| {
+                let mut q = vec![ZERO_CODE; n16 * 16];
+                let mut chunk = [0u8; CHUNK];
+                for lane in 0..BLOCK {
+                    let r = b * BLOCK + lane;
+                    if r < rows {
+                        let rc = p.row_codes(r);
+                        for cc in 0..l.padded_cols() / CHUNK {
+                            decode_chunk(QuantFormat::Nf3, &rc[cc * cb..][..cb], &mut chunk);
+                            let n = CHUNK.min(cols - (cc * CHUNK).min(cols));
+                            q[cc * CHUNK..][..n].copy_from_slice(&chunk[..n]);
+                        }
+                    } else {
+                        q.fill(ZERO_CODE);
                     }
-                    for i in 0..3 {
-                        codes[((b * n16 + j16) * 3 + i) * BLOCK + lane] = (f >> (16 * i)) as u16;
+                    for j16 in 0..n16 {
+                        let f = q[j16 * 16..][..16].iter().enumerate().fold(0u64, |f, (j, &c)| f | (c as u64) << (3 * j));
+                        for i in 0..3 {
+                            codes[(j16 * 3 + i) * BLOCK + lane] = (f >> (16 * i)) as u16;
+                        }
+                    }
+                    for g in 0..groups {
+                        let (pos, neg) = match (r < rows).then(|| p.params(r, g)) {
+                            Some(GroupParams::Nf { pos, neg }) => (pos.to_bits(), neg.to_bits()),
+                            _ => (0, 0),
+                        };
+                        scales[g * 2 * BLOCK + lane] = pos;
+                        scales[g * 2 * BLOCK + BLOCK + lane] = neg;
                     }
                 }
-                for g in 0..groups {
-                    let (pos, neg) = match (r < rows).then(|| p.params(r, g)) {
-                        Some(GroupParams::Nf { pos, neg }) => (pos.to_bits(), neg.to_bits()),
-                        _ => (0, 0),
-                    };
-                    let at = (b * groups + g) * 2 * BLOCK;
-                    scales[at + lane] = pos;
-                    scales[at + BLOCK + lane] = neg;
-                }
-            }
-        }
+            },
+        );
         Some(Self { rows, cols, group, groups, pcols, blocks, codes, scales })
+    }
+
+    /// Bytes held (codes and scales).
+    pub fn bytes(&self) -> usize {
+        2 * (self.codes.len() + self.scales.len())
     }
 
     /// The code of weight `(r, c)` as the layout holds it (tests).
@@ -111,28 +136,36 @@ impl LutNf3 {
 }
 
 /// The activation tables of one input: per pair of columns `[T+ low, T+ high, T- low, T- high]`,
-/// 32 words each (`high`: the second code is 4-7), and per segment its scale `d_s`.
+/// 32 words each (`high`: the second code is 4-7), and per segment its scale `d_s`. Allocated for
+/// a capacity of columns; a build fills the segments of its input.
 pub struct LutTables {
     pub tabs: Vec<i16>,
     pub d: Vec<f32>,
 }
 
 impl LutTables {
-    pub fn new(pcols: usize) -> Self {
+    /// Room for inputs of up to `cols` values.
+    pub fn new(cols: usize) -> Self {
+        let pcols = cols.div_ceil(SEG) * SEG;
         Self { tabs: vec![0; pcols / 2 * 128], d: vec![0.0; pcols / SEG] }
     }
 
-    /// Columns the tables cover.
+    /// Columns the tables can cover.
     pub fn pcols(&self) -> usize {
         self.d.len() * SEG
     }
 
-    /// Build the tables of `x` in plain Rust (`x.len() <= pcols`; the columns past it are zero):
-    /// the definition the SIMD builders are tested against.
+    /// Segments a build for an input of `cols` values fills (checked against the capacity).
+    pub(crate) fn segs(&self, cols: usize) -> usize {
+        assert!(cols <= self.pcols(), "input of {cols} values for tables of {} columns", self.pcols());
+        cols.div_ceil(SEG)
+    }
+
+    /// Build the tables of `x` in plain Rust (the columns past it, up to the next segment, are
+    /// zero): the definition the SIMD builders are tested against.
     pub fn build_twin(&mut self, x: &[f32]) {
-        assert!(x.len() <= self.pcols(), "input of {} values for {} columns", x.len(), self.pcols());
         let xv = |c: usize| if c < x.len() { x[c] } else { 0.0 };
-        for s in 0..self.d.len() {
+        for s in 0..self.segs(x.len()) {
             let inv = self.scale_segment(x, s);
             for k in 0..SEG / 2 {
                 let c = s * SEG + 2 * k;
@@ -141,12 +174,19 @@ impl LutTables {
         }
     }
 
-    /// Set segment `s`'s scale `d_s` from `x` and return `1 / d_s` (0 for an all-zero segment,
-    /// which then has all-zero tables).
+    /// Set segment `s`'s scale `d_s` from `x` and return `1 / d_s`: 0 for an all-zero segment,
+    /// which then has all-zero tables, and for one with a NaN or infinite value, whose scale is
+    /// NaN so that every output it reaches is NaN.
     pub(crate) fn scale_segment(&mut self, x: &[f32], s: usize) -> f32 {
         let xv = |c: usize| if c < x.len() { x[c] } else { 0.0 };
-        let m = (0..SEG / 2).map(|k| xv(s * SEG + 2 * k).abs() + xv(s * SEG + 2 * k + 1).abs()).fold(0.0f32, f32::max);
-        let (d, inv) = if m > 1e-30 && m.is_finite() { (m / EMAX, EMAX / m) } else { (0.0, 0.0) };
+        let sums = (0..SEG / 2).map(|k| xv(s * SEG + 2 * k).abs() + xv(s * SEG + 2 * k + 1).abs());
+        // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
+        let m = sums.fold(0.0f32, |m, v| if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) });
+        let (d, inv) = match m {
+            _ if m.is_nan() => (f32::NAN, 0.0),
+            _ if m > 1e-30 => (m / EMAX, EMAX / m),
+            _ => (0.0, 0.0),
+        };
         self.d[s] = d;
         inv
     }

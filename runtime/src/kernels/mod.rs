@@ -129,12 +129,13 @@ macro_rules! nf_dispatch {
 
 mod act;
 mod aligned;
-#[doc(hidden)]
 pub mod lut;
 mod nf_int;
 mod reference;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lut;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -183,6 +184,9 @@ pub struct Weight<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: WeightData<'a>,
+    /// NF3 only: the same matrix repacked for the table kernel (`lut.rs`), which then serves
+    /// single inputs (decode) where [`Kernels::uses_tables`] says so.
+    pub lut: Option<&'a lut::LutNf3>,
 }
 
 /// The instruction set the kernels use.
@@ -239,6 +243,7 @@ impl Isa {
 /// Per-session scratch memory for the kernels, allocated once (no allocation per token).
 pub struct Scratch {
     act: ActBuf,
+    tables: lut::LutTables,
 }
 
 impl Scratch {
@@ -247,7 +252,7 @@ impl Scratch {
     /// Larger inputs still work: a wider input grows the scratch once, and a larger batch is
     /// processed `max_batch` inputs at a time.
     pub fn new(max_cols: usize, max_batch: usize) -> Self {
-        Self { act: ActBuf::new(max_cols, max_batch.max(1)) }
+        Self { act: ActBuf::new(max_cols, max_batch.max(1)), tables: lut::LutTables::new(max_cols) }
     }
 }
 
@@ -268,6 +273,9 @@ pub struct Kernels {
     avxvnni: bool,
     /// Quantize activations of the integer kernels to 8 bits instead of 16 (`act.rs`).
     act8: bool,
+    /// AVX-512 only: NF3 single inputs by table lookup (`lut.rs`) where the weight carries its
+    /// repacked copy; needs AVX512-VBMI2 (`vpshrdw`).
+    tables: bool,
 }
 
 static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
@@ -287,7 +295,8 @@ impl Kernels {
                 eprintln!("bd-run: {w}");
             }
         }
-        k.with_act8(act8)
+        let tables = !matches!(std::env::var("BD_NF3_TABLES").ok().as_deref().map(str::trim), Some("0"));
+        k.with_act8(act8).with_tables(tables)
     }
 
     /// What `detect` picks for a `BD_KERNELS` value, and the warning it prints, if any. A name
@@ -335,6 +344,7 @@ impl Kernels {
             vbmi: isa == Isa::Avx512 && vbmi_supported(),
             avxvnni: isa == Isa::Avx2 && avxvnni_supported(),
             act8: false,
+            tables: isa == Isa::Avx512 && vbmi2_supported(),
         }
     }
 
@@ -343,7 +353,7 @@ impl Kernels {
     /// (`kernel_speed --plain`).
     #[doc(hidden)]
     pub fn without_extensions(self) -> Self {
-        Self { dotprod: false, gfni: false, vbmi: false, avxvnni: false, ..self }
+        Self { dotprod: false, gfni: false, vbmi: false, avxvnni: false, tables: false, ..self }
     }
 
     /// Whether any optional extension is in use (see [`Kernels::without_extensions`]).
@@ -368,6 +378,22 @@ impl Kernels {
         self.act8
     }
 
+    /// The same kernels with (`true`, the default where the CPU allows) or without the NF3 table
+    /// kernel for single inputs (`lut.rs`).
+    pub fn with_tables(self, tables: bool) -> Self {
+        Self { tables: tables && self.isa == Isa::Avx512 && vbmi2_supported(), ..self }
+    }
+
+    /// Whether NF3 matrices like `p` are worth repacking for these kernels ([`Weight::lut`]).
+    pub fn wants_tables(&self, p: &PackedMatrix) -> bool {
+        self.tables && lut::LutNf3::supports(p)
+    }
+
+    /// Whether a single input times `w` runs the NF3 table kernel.
+    pub fn uses_tables(&self, w: &Weight) -> bool {
+        self.tables && w.lut.is_some()
+    }
+
     /// A short description for logs, e.g. `avx512+gfni`, `neon+dotprod` or `avx2+act8`.
     pub fn describe(&self) -> String {
         let mut d = self.isa.name().to_string();
@@ -385,6 +411,9 @@ impl Kernels {
         }
         if self.act8 {
             d += "+act8";
+        }
+        if self.tables {
+            d += "+tables";
         }
         d
     }
@@ -418,6 +447,21 @@ impl Kernels {
         // Inputs per panel: a panel's activations stay in L2 while every row block reads them.
         let panel = |bytes_per_input: usize| ((256 << 10) / bytes_per_input.max(1)).clamp(4, 256) / 4 * 4;
         match (self.isa, w.data) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, WeightData::Quant(_)) if n == 1 && self.uses_tables(w) => {
+                let m = w.lut.expect("uses_tables");
+                assert_eq!((m.rows, m.cols), (rows, cols), "weight shape");
+                if scratch.tables.pcols() < cols {
+                    // A wider input than the session was made for: grow once.
+                    scratch.tables = lut::LutTables::new(cols);
+                }
+                let t = &mut scratch.tables;
+                unsafe { avx512_lut::build(x, t) };
+                let t = &*t;
+                // Each "row" of the split is a block of 32 rows.
+                let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
+                par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
+            }
             (Isa::Reference, _) => {
                 let f = |r0: usize, r1: usize, k0: usize, k1: usize| unsafe {
                     reference::rows(w, &x[k0 * cols..k1 * cols], k1 - k0, r0, r1, out.at(k0 * rows), rows)
@@ -542,7 +586,7 @@ impl Kernels {
 pub fn lut_matvec(m: &lut::LutNf3, t: &lut::LutTables, y: &mut [f32], simd: bool) {
     assert_eq!(y.len(), m.rows, "lut_matvec: output length");
     #[cfg(target_arch = "x86_64")]
-    if simd && Isa::Avx512.supported() && is_x86_feature_detected!("avx512vbmi2") {
+    if simd && Isa::Avx512.supported() && vbmi2_supported() {
         unsafe { avx512_lut::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
         return;
     }
@@ -579,6 +623,17 @@ fn gfni_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("gfni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn vbmi2_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vbmi2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

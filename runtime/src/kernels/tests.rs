@@ -19,7 +19,7 @@ const COLS: [usize; 9] = [1, 5, 16, 127, 128, 129, 172, 300, 4096];
 const ROWS: [usize; 3] = [1, 3, 17];
 
 /// A small deterministic generator (xorshift64*).
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -27,7 +27,7 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn uniform(&mut self) -> f32 {
+    pub(super) fn uniform(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
     /// Approximately N(0, 1) (sum of 4 uniforms).
@@ -35,30 +35,30 @@ impl Rng {
         ((0..4).map(|_| self.uniform()).sum::<f32>() - 2.0) * 3f32.sqrt()
     }
     /// Weights ~ N(0, 0.02).
-    fn weights(&mut self, n: usize) -> Vec<f32> {
+    pub(super) fn weights(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| 0.02 * self.normal()).collect()
     }
     /// Activations ~ N(0, 1) with about 1% outliers x10.
-    fn acts(&mut self, n: usize) -> Vec<f32> {
+    pub(super) fn acts(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| if self.uniform() < 0.01 { 10.0 * self.normal() } else { self.normal() }).collect()
     }
 }
 
 /// A quantized matrix owned by the test.
-struct Quant {
+pub(super) struct Quant {
     layout: PackedLayout,
     blob: Vec<u8>,
 }
 impl Quant {
-    fn new(format: QuantFormat, group: usize, rows: usize, cols: usize, w: &[f32]) -> Self {
+    pub(super) fn new(format: QuantFormat, group: usize, rows: usize, cols: usize, w: &[f32]) -> Self {
         Self {
             layout: PackedLayout::new(format, group, rows, cols).unwrap(),
             blob: pack_matrix(format, group, rows, cols, w).unwrap(),
         }
     }
-    fn weight(&self) -> Weight<'_> {
+    pub(super) fn weight(&self) -> Weight<'_> {
         let p = PackedMatrix::new(self.layout, &self.blob).unwrap();
-        Weight { rows: self.layout.rows, cols: self.layout.cols, data: WeightData::Quant(p) }
+        Weight { rows: self.layout.rows, cols: self.layout.cols, data: WeightData::Quant(p), lut: None }
     }
 }
 
@@ -76,12 +76,12 @@ fn simd_kernels() -> Vec<Kernels> {
     v
 }
 
-fn exact(w: &Weight, x: &[f32]) -> Vec<f32> {
+pub(super) fn exact(w: &Weight, x: &[f32]) -> Vec<f32> {
     (0..w.rows).map(|r| reference::row(w, r, x)).collect()
 }
 
 /// `sum |w_i x_i|` per row (plus the zero-point terms for INT): the scale of rounding errors.
-fn magnitude(w: &Weight, x: &[f32]) -> Vec<f32> {
+pub(super) fn magnitude(w: &Weight, x: &[f32]) -> Vec<f32> {
     let abs_x: Vec<f32> = x.iter().map(|v| v.abs()).collect();
     let abs_w = |r: usize| -> Vec<f32> {
         match w.data {
@@ -232,7 +232,7 @@ fn float_weights_equal_the_reference() {
             let bb16: Vec<u8> = w32.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
             let x = rng.acts(cols);
             for data in [WeightData::F32(&b32), WeightData::F16(&b16), WeightData::Bf16(&bb16)] {
-                let w = Weight { rows, cols, data };
+                let w = Weight { rows, cols, data, lut: None };
                 let (want, mag) = (exact(&w, &x), magnitude(&w, &x));
                 for k in &kernels {
                     assert_close(&format!("{} {data:?} {rows}x{cols}", k.describe()), &matvec(k, &w, &x), &want, &mag, 1e-5);
@@ -380,7 +380,7 @@ fn arbitrary_codes_and_zero_points() {
                     let s = f16::from_f32(0.001 + 0.1 * rng.uniform()).to_le_bytes();
                     blob[layout.scales_offset + 2 * i..][..2].copy_from_slice(&s);
                 }
-                let w = Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, &blob).unwrap()) };
+                let w = Weight { rows, cols, data: WeightData::Quant(PackedMatrix::new(layout, &blob).unwrap()), lut: None };
                 let x = rng.acts(cols);
                 let mag = magnitude(&w, &x);
                 for k in &kernels {
@@ -410,7 +410,7 @@ fn matmul_equals_n_matvecs_and_batches_split() {
             let q = Quant::new(format, group, rows, cols, &rng.weights(rows * cols));
             let w = q.weight();
             let b32: Vec<u8> = rng.weights(rows * cols).iter().flat_map(|v| v.to_le_bytes()).collect();
-            let wf = Weight { rows, cols, data: WeightData::F32(&b32) };
+            let wf = Weight { rows, cols, data: WeightData::F32(&b32), lut: None };
             for n in [1, 2, 3, 4, 5, 9, 13] {
                 let x = rng.acts(n * cols);
                 for w in [&w, &wf] {

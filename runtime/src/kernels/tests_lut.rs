@@ -1,0 +1,168 @@
+//! The NF3 table scheme (`lut.rs`): the repacked layout holds the file's codes, the SIMD table
+//! builder and kernel equal their scalar twins exactly, the twin is within the bound of its table
+//! rounding of the exact product, and `Kernels` takes the table kernel only where it should.
+
+use super::lut::{row_twin, LutNf3, LutTables, BLOCK, EMAX, SEG};
+use super::tests::{exact, magnitude, Quant, Rng};
+use super::*;
+use bd_formats::quant::{GroupParams, QuantFormat};
+
+/// Shapes with partial blocks, partial segments and partial groups, and whole ones.
+const SHAPES: [(usize, usize); 7] = [(1, 32), (3, 5), (31, 100), (33, 129), (70, 300), (129, 1000), (256, 4096)];
+
+fn twin_all(m: &LutNf3, t: &LutTables) -> Vec<f32> {
+    (0..m.rows).map(|r| row_twin(m, t, r)).collect()
+}
+
+fn tables(x: &[f32], simd: bool) -> LutTables {
+    let mut t = LutTables::new(x.len());
+    lut_tables(x, &mut t, simd);
+    t
+}
+
+/// `|twin - exact| <= sum_seg 16 * 0.5 * d_s * (pos + neg)`: each of a segment's 16 entries of
+/// each table is rounded by at most half a unit of `d_s`.
+fn bound(q: &Quant, m: &LutNf3, t: &LutTables, r: usize) -> f32 {
+    let w = q.weight();
+    let WeightData::Quant(p) = w.data else { unreachable!() };
+    (0..m.pcols / SEG)
+        .map(|s| {
+            let Some(GroupParams::Nf { pos, neg }) = Some(p.params(r, (s * SEG / m.group).min(m.groups - 1))) else {
+                unreachable!()
+            };
+            8.0 * t.d[s] * (pos.to_f32() + neg.to_f32())
+        })
+        .sum()
+}
+
+#[test]
+fn repacked_layout_holds_the_files_codes() {
+    let mut rng = Rng(11);
+    for (rows, cols) in SHAPES {
+        for group in [32, 64, 128, 256] {
+            let q = Quant::new(QuantFormat::Nf3, group, rows, cols, &rng.weights(rows * cols));
+            let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+            let m = LutNf3::new(&p).expect("NF3 with groups of 32 and more");
+            assert_eq!((m.rows, m.cols, m.blocks), (rows, cols, rows.div_ceil(BLOCK)));
+            for r in 0..m.blocks * BLOCK {
+                for c in 0..m.pcols {
+                    let want = if r < rows && c < cols { p.code(r, c) } else { 3 };
+                    assert_eq!(m.code(r, c), want, "{rows}x{cols} g{group}: code ({r}, {c})");
+                }
+            }
+        }
+    }
+    // Not repacked: other formats, groups of 16.
+    for (format, group) in [(QuantFormat::Nf3, 16), (QuantFormat::Nf4, 128), (QuantFormat::Int3, 128)] {
+        let q = Quant::new(format, group, 4, 64, &rng.weights(256));
+        let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+        assert!(LutNf3::new(&p).is_none(), "{format} g{group}");
+    }
+}
+
+#[test]
+fn simd_tables_and_kernel_equal_their_twins_and_the_twin_is_within_its_bound() {
+    let mut rng = Rng(12);
+    for (rows, cols) in SHAPES {
+        for group in [32, 128, 256] {
+            let wv = rng.weights(rows * cols);
+            let q = Quant::new(QuantFormat::Nf3, group, rows, cols, &wv);
+            let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+            let m = LutNf3::new(&p).unwrap();
+            let inputs: Vec<Vec<f32>> = vec![
+                rng.acts(cols),
+                vec![0.0; cols],
+                rng.acts(cols).iter().map(|v| v * 1e4).collect(),
+                rng.acts(cols).iter().map(|v| v * 1e-20).collect(),
+                (0..cols).map(|i| if i == cols / 2 { 1e6 } else { 1.0 }).collect(),
+                (0..cols).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect(),
+            ];
+            for x in &inputs {
+                let tw = tables(x, false);
+                let ts = tables(x, true);
+                assert_eq!(tw.tabs, ts.tabs, "{rows}x{cols} g{group}: tables");
+                assert_eq!(tw.d, ts.d, "{rows}x{cols} g{group}: segment scales");
+                assert!(tw.tabs.iter().all(|&e| (e as f32).abs() <= EMAX), "entries within EMAX");
+                let want = twin_all(&m, &tw);
+                let mut got = vec![f32::NAN; rows];
+                lut_matvec(&m, &ts, &mut got, true);
+                for r in 0..rows {
+                    assert_eq!(got[r].to_bits(), want[r].to_bits(), "{rows}x{cols} g{group}: row {r}: {} vs {}", got[r], want[r]);
+                }
+                let (ex, mag) = (exact(&q.weight(), x), magnitude(&q.weight(), x));
+                for r in 0..rows {
+                    let b = 1.001 * bound(&q, &m, &tw, r) + 1e-5 * mag[r];
+                    assert!(
+                        (want[r] - ex[r]).abs() <= b,
+                        "{rows}x{cols} g{group}: row {r}: twin {} exact {} bound {b}",
+                        want[r],
+                        ex[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_inputs_reach_the_output_as_nan_not_a_panic() {
+    let mut rng = Rng(14);
+    let (rows, cols) = (40, 96);
+    let q = Quant::new(QuantFormat::Nf3, 32, rows, cols, &rng.weights(rows * cols));
+    let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+    let m = LutNf3::new(&p).unwrap();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = vec![1.0f32; cols];
+        x[40] = bad;
+        let (tw, ts) = (tables(&x, false), tables(&x, true));
+        assert_eq!(tw.tabs, ts.tabs);
+        assert!(tw.d[0] > 0.0 && tw.d[1].is_nan() && tw.d[2] > 0.0, "{bad}: {:?}", tw.d);
+        assert!(tw.tabs[16 * 128..32 * 128].iter().all(|&e| e == 0), "{bad}: the segment's tables are zero");
+        let mut y = vec![0f32; rows];
+        lut_matvec(&m, &ts, &mut y, true);
+        assert!(y.iter().all(|v| v.is_nan()), "{bad}: {y:?}");
+    }
+}
+
+#[test]
+fn kernels_take_the_table_kernel_for_single_inputs_only() {
+    let mut rng = Rng(13);
+    let (rows, cols) = (600, 520);
+    let q = Quant::new(QuantFormat::Nf3, 128, rows, cols, &rng.weights(rows * cols));
+    let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+    let m = LutNf3::new(&p).unwrap();
+    let w = Weight { lut: Some(&m), ..q.weight() };
+    let x = rng.acts(3 * cols);
+    let mut want = vec![0f32; rows];
+    for k in Kernels::available().into_iter().map(Kernels::with_isa) {
+        let uses = k.uses_tables(&w);
+        assert_eq!(uses, k.isa() == Isa::Avx512 && vbmi2_supported(), "{}", k.describe());
+        assert!(!k.without_extensions().uses_tables(&w) && !k.with_tables(false).uses_tables(&w));
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut scratch = Scratch::new(16, 3);
+            let (mut y1, mut y3) = (vec![f32::NAN; rows], vec![f32::NAN; 3 * rows]);
+            pool.install(|| {
+                // A scratch made for narrower inputs grows once.
+                k.matvec(&w, &x[..cols], &mut y1, &mut scratch);
+                k.matmul(&w, &x, 3, &mut y3, &mut scratch);
+            });
+            let t = tables(&x[..cols], false);
+            want.iter_mut().enumerate().for_each(|(r, v)| *v = row_twin(&m, &t, r));
+            let plain = {
+                let mut y = vec![0f32; rows];
+                k.with_tables(false).matvec(&w, &x[..cols], &mut y, &mut Scratch::new(cols, 1));
+                y
+            };
+            if uses {
+                assert_eq!(y1, want, "{} {threads} threads: the table kernel", k.describe());
+            } else {
+                assert_eq!(y1, plain, "{}: without tables, the weight's own layout", k.describe());
+            }
+            // Batches keep the file's layout and its kernel.
+            let mut y0 = vec![0f32; rows];
+            k.with_tables(false).matvec(&w, &x[..cols], &mut y0, &mut Scratch::new(cols, 1));
+            assert_eq!(&y3[..rows], &y0[..], "{}: batch of 3, input 0", k.describe());
+        }
+    }
+}
