@@ -23,6 +23,7 @@
 
 use bd_formats::quant::{pack_matrix, PackedLayout, PackedMatrix, QuantFormat};
 use bd_ggml::{AlignedBytes, GgmlMatrix, GgmlType, MulMatGraph};
+use bd_runtime::kernels::lut::LutNf3;
 use bd_runtime::kernels::{Kernels, Scratch, Weight, WeightData};
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, GgmlType as CandleBlock, QMatMul, QTensor};
@@ -125,6 +126,8 @@ pub enum KernelKind {
     Ours(QuantFormat),
     /// Ours with 8-bit activations (`Kernels::with_act8`): `int2_g128_a8`, ...
     OursAct8(QuantFormat),
+    /// Ours by table lookup (`kernels::lut`, NF3 only, AVX-512 VBMI2 only): `nf3_g128_lut`.
+    OursLut(QuantFormat),
     GgmlMulMat(GgmlType),
     GgmlVecDot(GgmlType),
     Candle(GgmlDType),
@@ -142,6 +145,9 @@ impl KernelKind {
             [QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Nf3, QuantFormat::Int4, QuantFormat::Nf4]
                 .map(KernelKind::OursAct8),
         );
+        if Kernels::detect().tables() {
+            v.push(KernelKind::OursLut(QuantFormat::Nf3));
+        }
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlMulMat));
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlVecDot));
         v.extend([GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4_0].into_iter().map(KernelKind::Candle));
@@ -153,6 +159,7 @@ impl KernelKind {
         match self {
             KernelKind::Ours(f) => format!("{}_g{GROUP}", f.name()),
             KernelKind::OursAct8(f) => format!("{}_g{GROUP}_a8", f.name()),
+            KernelKind::OursLut(f) => format!("{}_g{GROUP}_lut", f.name()),
             KernelKind::GgmlMulMat(t) => format!("ggml_{}", t.name()),
             KernelKind::GgmlVecDot(t) => format!("ggml_{}_vec_dot", t.name()),
             KernelKind::Candle(d) => format!("candle_{}", candle_name(d)),
@@ -171,7 +178,7 @@ impl KernelKind {
     /// The quantized matrix this kernel reads (vec_dot and mul_mat share ggml's).
     fn source(self) -> Source {
         match self {
-            KernelKind::Ours(f) | KernelKind::OursAct8(f) => Source::Ours(f),
+            KernelKind::Ours(f) | KernelKind::OursAct8(f) | KernelKind::OursLut(f) => Source::Ours(f),
             KernelKind::GgmlMulMat(t) | KernelKind::GgmlVecDot(t) => Source::Ggml(t),
             KernelKind::Candle(d) => Source::Candle(d),
         }
@@ -341,13 +348,23 @@ pub fn instantiate(kind: KernelKind, src: &Sources, where_: Where, threads: usiz
     let (copies, products) = plan(where_, src.matrix_bytes(kind));
     let x = src.x.clone();
     match kind {
-        KernelKind::Ours(f) | KernelKind::OursAct8(f) => {
+        KernelKind::Ours(f) | KernelKind::OursAct8(f) | KernelKind::OursLut(f) => {
             let (layout, blob) = &src.ours[&f];
+            let blobs: Vec<AlignedBytes> = (0..copies).map(|_| blob.clone()).collect();
+            // The table kernel's repacked copies, one per copy of the matrix (distinct memory).
+            let luts = match kind {
+                KernelKind::OursLut(_) => blobs
+                    .iter()
+                    .map(|b| LutNf3::new(&PackedMatrix::new(*layout, b).expect("packed matrix")).expect("NF3 g128"))
+                    .collect(),
+                _ => Vec::new(),
+            };
             Box::new(Ours {
                 kind,
                 threads,
                 layout: *layout,
-                blobs: (0..copies).map(|_| blob.clone()).collect(),
+                blobs,
+                luts,
                 products,
                 x,
                 y: vec![0.0; rows],
@@ -413,6 +430,7 @@ struct Ours {
     threads: usize,
     layout: PackedLayout,
     blobs: Vec<AlignedBytes>,
+    luts: Vec<LutNf3>,
     products: usize,
     x: Vec<f32>,
     y: Vec<f32>,
@@ -438,12 +456,13 @@ impl Kernel for Ours {
         self.products
     }
     fn call(&mut self) {
-        let Ours { layout, blobs, products, x, y, scratch, kernels, pool, .. } = self;
+        let Ours { layout, blobs, luts, products, x, y, scratch, kernels, pool, .. } = self;
         let (layout, products, kernels) = (*layout, *products, *kernels);
         pool.install(|| {
             for i in 0..products {
                 let m = PackedMatrix::new(layout, &blobs[i % blobs.len()]).expect("packed matrix");
-                let w = Weight { rows: layout.rows, cols: layout.cols, data: WeightData::Quant(m), lut: None };
+                let lut = luts.get(i % blobs.len());
+                let w = Weight { rows: layout.rows, cols: layout.cols, data: WeightData::Quant(m), lut };
                 kernels.matvec(&w, x, y, scratch);
             }
         });

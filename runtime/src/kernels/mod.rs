@@ -384,6 +384,11 @@ impl Kernels {
         Self { tables: tables && self.isa == Isa::Avx512 && vbmi2_supported(), ..self }
     }
 
+    /// Whether the NF3 table kernel is on (see [`Kernels::with_tables`]).
+    pub fn tables(&self) -> bool {
+        self.tables
+    }
+
     /// Whether NF3 matrices like `p` are worth repacking for these kernels ([`Weight::lut`]).
     pub fn wants_tables(&self, p: &PackedMatrix) -> bool {
         self.tables && lut::LutNf3::supports(p)
