@@ -1,7 +1,7 @@
 //! AVX-512 kernel of the NF3 table scheme (`lut.rs`): per pair of columns and block of 32 rows,
 //! one index register (a shift of the codes), two `vpermi2w` lookups and two 16-bit adds.
 
-use super::lut::{LutNf3, LutTables, BLOCK, CODE_BYTES, SEG};
+use super::lut::{LutNf3, LutTables, BLOCK, CODE_BYTES, COL_SEGS, SEG};
 use bd_formats::quant::NF3_LEVELS;
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -69,14 +69,19 @@ pub unsafe fn build(x: &[f32], t: &mut LutTables) {
 /// The CPU has AVX-512 F/BW/VBMI2; `y` has room for row `min(b1 * 32, m.rows) - 1`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
 pub unsafe fn blocks(m: &LutNf3, t: &LutTables, b0: usize, b1: usize, y: *mut f32) {
-    let mut b = b0;
-    while b + 4 <= b1 {
-        tile::<4>(m, t, b, y);
-        b += 4;
-    }
-    while b < b1 {
-        tile::<1>(m, t, b, y);
-        b += 1;
+    // Column passes of `COL_SEGS` segments, so that one pass's tables stay in L2.
+    let segs = m.pcols / SEG;
+    for s0 in (0..segs).step_by(COL_SEGS) {
+        let s1 = (s0 + COL_SEGS).min(segs);
+        let mut b = b0;
+        while b + 4 <= b1 {
+            tile::<4>(m, t, b, s0, s1, y);
+            b += 4;
+        }
+        while b < b1 {
+            tile::<1>(m, t, b, s0, s1, y);
+            b += 1;
+        }
     }
 }
 
@@ -123,7 +128,7 @@ unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n:
 const PREFETCH: usize = 4096;
 
 #[inline(always)]
-unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, y: *mut f32) {
+unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, s0: usize, s1: usize, y: *mut f32) {
     let n16 = m.pcols / 16;
     let codes = m.codes.as_ptr() as *const u8;
     let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * n16 * CODE_BYTES) as *const __m512i);
@@ -131,7 +136,7 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, y: *mut f32)
     let scales = m.scales.as_ptr();
     let spg = m.group / SEG;
     let mut yv = [[_mm512_setzero_ps(); 2]; R];
-    for s in 0..m.pcols / SEG {
+    for s in s0..s1 {
         let mut p = [_mm512_setzero_si512(); R];
         let mut n = [_mm512_setzero_si512(); R];
         unroll!(q in [0, 1] {
@@ -179,14 +184,13 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, y: *mut f32)
     for i in 0..R {
         let r0 = (b + i) * BLOCK;
         let live = m.rows.saturating_sub(r0).min(BLOCK);
-        if live == BLOCK {
-            _mm512_storeu_ps(y.add(r0), yv[i][0]);
-            _mm512_storeu_ps(y.add(r0 + 16), yv[i][1]);
-        } else {
-            let lo = (1u32 << live.min(16)) - 1;
-            let hi = if live > 16 { (1u32 << (live - 16)) - 1 } else { 0 };
-            _mm512_mask_storeu_ps(y.add(r0), lo as u16, yv[i][0]);
-            _mm512_mask_storeu_ps(y.add(r0 + 16), hi as u16, yv[i][1]);
+        let lo = ((1u32 << live.min(16)) - 1) as u16;
+        let hi = if live > 16 { ((1u32 << (live - 16)) - 1) as u16 } else { 0 };
+        for (h, mask) in [(0, lo), (1, hi)] {
+            let at = y.add(r0 + 16 * h);
+            // The first pass writes the rows; later passes add theirs.
+            let v = if s0 == 0 { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
+            _mm512_mask_storeu_ps(at, mask, v);
         }
     }
 }

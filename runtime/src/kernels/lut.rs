@@ -38,6 +38,9 @@ pub const BLOCK: usize = 32;
 pub const SEG: usize = 32;
 /// Largest table entry: 16 of them (a segment's pairs) sum without overflow in 16 bits.
 pub const EMAX: f32 = 2047.0;
+/// Segments per column pass (2048 columns): a pass's tables (256 KiB) stay in L2 while every block
+/// of rows reads them; a row's result is the sum of its passes' partial sums.
+pub const COL_SEGS: usize = 64;
 /// Bytes of codes per block and 16 columns.
 pub const CODE_BYTES: usize = 3 * 64;
 /// The code of level 0.
@@ -204,11 +207,17 @@ pub fn entries(x1: f32, x2: f32, t: &mut [i16]) {
 }
 
 /// The scalar twin: row `r` of `m` times the input whose tables are `t`, with the arithmetic of
-/// the SIMD kernel (exact integer segment sums, then the same f32 operations in the same order).
+/// the SIMD kernel (exact integer segment sums, then the same f32 operations in the same order:
+/// a partial sum per column pass of `COL_SEGS` segments, the passes added in order).
 pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
     let (b, lane) = (r / BLOCK, r % BLOCK);
     let mut y = 0.0f32;
+    let mut part = 0.0f32;
     for s in 0..m.pcols / SEG {
+        if s > 0 && s.is_multiple_of(COL_SEGS) {
+            y = if s == COL_SEGS { part } else { y + part };
+            part = 0.0;
+        }
         let g = s * SEG / m.group;
         let (mut p, mut n) = (0i32, 0i32);
         for k in 0..SEG / 2 {
@@ -221,8 +230,12 @@ pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
         let at = (b * m.groups + g) * 2 * BLOCK + lane;
         let pos = half::f16::from_bits(m.scales[at]).to_f32();
         let neg = half::f16::from_bits(m.scales[at + BLOCK]).to_f32();
-        y = (p as f32).mul_add(pos * t.d[s], y);
-        y = (n as f32).mul_add(neg * t.d[s], y);
+        part = (p as f32).mul_add(pos * t.d[s], part);
+        part = (n as f32).mul_add(neg * t.d[s], part);
     }
-    y
+    if m.pcols / SEG <= COL_SEGS {
+        part
+    } else {
+        y + part
+    }
 }

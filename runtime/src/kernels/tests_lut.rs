@@ -8,7 +8,7 @@ use super::*;
 use bd_formats::quant::{GroupParams, QuantFormat};
 
 /// Shapes with partial blocks, partial segments and partial groups, and whole ones.
-const SHAPES: [(usize, usize); 7] = [(1, 32), (3, 5), (31, 100), (33, 129), (70, 300), (129, 1000), (256, 4096)];
+const SHAPES: [(usize, usize); 8] = [(1, 32), (3, 5), (31, 100), (33, 129), (70, 300), (129, 1000), (256, 4096), (40, 4500)];
 
 fn twin_all(m: &LutNf3, t: &LutTables) -> Vec<f32> {
     (0..m.rows).map(|r| row_twin(m, t, r)).collect()
