@@ -145,7 +145,7 @@ impl KernelKind {
             [QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Nf3, QuantFormat::Int4, QuantFormat::Nf4]
                 .map(KernelKind::OursAct8),
         );
-        if Kernels::detect().tables() {
+        if Kernels::detect().with_tables(true).tables() {
             v.push(KernelKind::OursLut(QuantFormat::Nf3));
         }
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlMulMat));
@@ -369,7 +369,9 @@ pub fn instantiate(kind: KernelKind, src: &Sources, where_: Where, threads: usiz
                 x,
                 y: vec![0.0; rows],
                 scratch: Scratch::new(cols, 1),
-                kernels: Kernels::detect().with_act8(matches!(kind, KernelKind::OursAct8(_))),
+                kernels: Kernels::detect()
+                    .with_act8(matches!(kind, KernelKind::OursAct8(_)))
+                    .with_tables(matches!(kind, KernelKind::OursLut(_))),
                 pool: pool.clone(),
             })
         }

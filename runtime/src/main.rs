@@ -25,7 +25,8 @@ use std::time::Instant;
     about = "Run and inspect BitDistiller .bd2 models on the CPU",
     after_help = "Environment:\n  BD_KERNELS=reference|avx2|avx512|neon  force a kernel set (default: the best this CPU runs); \
                   append -plain (avx2-plain) to leave out optional extensions such as AVX-VNNI\n  \
-                  BD_ACT_BITS=8|16  default of --act-bits",
+                  BD_ACT_BITS=8|16  default of --act-bits\n  \
+                  BD_NF3_TABLES=1  NF3 decode by table lookup (AVX-512 with VBMI2; repacks NF3 weights at load)",
     args_conflicts_with_subcommands = true,
     allow_negative_numbers = true
 )]

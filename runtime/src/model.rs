@@ -104,19 +104,29 @@ impl Model {
         let head = if c.tied_embeddings { embed } else { matrix("lm_head.weight")? };
         let final_norm = vector("model.norm.weight")?;
         let mut model = Self { file, luts: Vec::new(), layers, embed, final_norm, head };
-        let kernels = Kernels::detect();
-        let mut luts: Vec<Option<LutNf3>> = (0..model.file.tensors().len()).map(|_| None).collect();
-        for l in &model.layers {
-            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down, &model.head] {
-                if let WeightData::Quant(p) = model.weight(m).data {
-                    if kernels.wants_tables(&p) && luts[m.index].is_none() {
-                        luts[m.index] = LutNf3::new(&p);
-                    }
+        model.repack_for(&Kernels::detect());
+        Ok(model)
+    }
+
+    /// Make (or drop) the NF3 table kernel's repacked copies for `kernels` (see
+    /// [`Kernels::with_tables`]): `open` does this for [`Kernels::detect`]; a program that runs
+    /// sessions with other kernels calls it again.
+    pub fn repack_for(&mut self, kernels: &Kernels) {
+        let mut luts: Vec<Option<LutNf3>> = (0..self.file.tensors().len()).map(|_| None).collect();
+        let mats = self.layers.iter().flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down]).chain([self.head]);
+        for m in mats {
+            if let WeightData::Quant(p) = self.weight(&m).data {
+                if kernels.wants_tables(&p) && luts[m.index].is_none() {
+                    luts[m.index] = LutNf3::new(&p);
                 }
             }
         }
-        model.luts = luts;
-        Ok(model)
+        self.luts = luts;
+    }
+
+    /// Bytes held by the repacked copies of [`Model::repack_for`].
+    pub fn repacked_bytes(&self) -> usize {
+        self.luts.iter().flatten().map(LutNf3::bytes).sum()
     }
 
     pub fn config(&self) -> &ModelConfig {

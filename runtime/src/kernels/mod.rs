@@ -286,16 +286,17 @@ impl Kernels {
     /// (or an unknown name) falls back to the reference, with one line on stderr.
     ///
     /// `BD_ACT_BITS=8` selects 8-bit activations ([`Kernels::with_act8`]); `16` or unset, 16-bit.
+    /// `BD_NF3_TABLES=1` turns on the NF3 table kernel ([`Kernels::with_tables`]).
     pub fn detect() -> Self {
         let (k, warning) = Self::from_setting(std::env::var("BD_KERNELS").ok().as_deref());
         let (act8, warning_bits) = act8_setting(std::env::var("BD_ACT_BITS").ok().as_deref());
-        let warnings: Vec<String> = [warning, warning_bits].into_iter().flatten().collect();
+        let (tables, warning_tables) = tables_setting(std::env::var("BD_NF3_TABLES").ok().as_deref());
+        let warnings: Vec<String> = [warning, warning_bits, warning_tables].into_iter().flatten().collect();
         if !warnings.is_empty() && !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
             for w in warnings {
                 eprintln!("bd-run: {w}");
             }
         }
-        let tables = !matches!(std::env::var("BD_NF3_TABLES").ok().as_deref().map(str::trim), Some("0"));
         k.with_act8(act8).with_tables(tables)
     }
 
@@ -344,7 +345,7 @@ impl Kernels {
             vbmi: isa == Isa::Avx512 && vbmi_supported(),
             avxvnni: isa == Isa::Avx2 && avxvnni_supported(),
             act8: false,
-            tables: isa == Isa::Avx512 && vbmi2_supported(),
+            tables: false,
         }
     }
 
@@ -378,8 +379,11 @@ impl Kernels {
         self.act8
     }
 
-    /// The same kernels with (`true`, the default where the CPU allows) or without the NF3 table
-    /// kernel for single inputs (`lut.rs`).
+    /// The same kernels with or without (the default) the NF3 table kernel for single inputs
+    /// (`lut.rs`; AVX-512 with VBMI2 only, elsewhere this stays off). Opt-in: it needs a repacked
+    /// copy of every NF3 matrix (made at load: the memory of those weights twice, and ~17 s more
+    /// to load a 7B model on 2 cores) and its tables keep ~11 bits of each pair's contribution
+    /// (normwise error ~6e-4 against 9e-5 for the 16-bit activations and 5e-3 for the 8-bit ones).
     pub fn with_tables(self, tables: bool) -> Self {
         Self { tables: tables && self.isa == Isa::Avx512 && vbmi2_supported(), ..self }
     }
@@ -612,6 +616,16 @@ pub fn lut_tables(x: &[f32], t: &mut lut::LutTables, simd: bool) {
     }
     let _ = simd;
     t.build_twin(x);
+}
+
+/// What a `BD_NF3_TABLES` value selects (`1`: the NF3 table kernel), and the warning for a value
+/// that is neither 0 nor 1 (which keeps it off).
+pub fn tables_setting(v: Option<&str>) -> (bool, Option<String>) {
+    match v.map(str::trim) {
+        None | Some("") | Some("0") => (false, None),
+        Some("1") => (true, None),
+        Some(other) => (false, Some(format!("BD_NF3_TABLES={other} is not 0 or 1; the NF3 table kernel stays off"))),
+    }
 }
 
 /// What a `BD_ACT_BITS` value selects (`true`: 8-bit activations), and the warning for a value

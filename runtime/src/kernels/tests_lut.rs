@@ -105,6 +105,15 @@ fn simd_tables_and_kernel_equal_their_twins_and_the_twin_is_within_its_bound() {
 }
 
 #[test]
+fn bd_nf3_tables_setting() {
+    assert_eq!(tables_setting(None), (false, None));
+    assert_eq!(tables_setting(Some("0")), (false, None));
+    assert_eq!(tables_setting(Some(" 1 ")), (true, None));
+    let (on, warning) = tables_setting(Some("yes"));
+    assert!(!on && warning.unwrap().contains("BD_NF3_TABLES=yes"));
+}
+
+#[test]
 fn non_finite_inputs_reach_the_output_as_nan_not_a_panic() {
     let mut rng = Rng(14);
     let (rows, cols) = (40, 96);
@@ -134,8 +143,9 @@ fn kernels_take_the_table_kernel_for_single_inputs_only() {
     let w = Weight { lut: Some(&m), ..q.weight() };
     let x = rng.acts(3 * cols);
     let mut want = vec![0f32; rows];
-    for k in Kernels::available().into_iter().map(Kernels::with_isa) {
+    for k in Kernels::available().into_iter().map(|i| Kernels::with_isa(i).with_tables(true)) {
         let uses = k.uses_tables(&w);
+        assert!(!Kernels::with_isa(k.isa()).uses_tables(&w), "off unless asked for");
         assert_eq!(uses, k.isa() == Isa::Avx512 && vbmi2_supported(), "{}", k.describe());
         assert!(!k.without_extensions().uses_tables(&w) && !k.with_tables(false).uses_tables(&w));
         for threads in [1, 2] {
