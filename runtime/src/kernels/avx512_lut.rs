@@ -1,6 +1,9 @@
 //! AVX-512 kernel of the NF3 table scheme (`lut.rs`): per pair of columns and block of 32 rows,
 //! one index register (a shift of the codes), two `vpermi2w` lookups and two 16-bit adds.
 
+// Kernels index several parallel per-block arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
 use super::lut::{LutNf3, LutTables, BLOCK, CODE_BYTES, COL_SEGS, SEG};
 use bd_formats::quant::NF3_LEVELS;
 use std::arch::x86_64::*;
@@ -11,7 +14,7 @@ use std::array::from_fn;
 /// bits above).
 #[inline(always)]
 unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
-    let w = |i: usize| _mm512_loadu_si512(z.add(i) as *const __m512i);
+    let w = |i: usize| _mm512_loadu_si512(z.add(i));
     match k {
         0 => w(0),
         1 => _mm512_srli_epi16::<6>(w(0)),
@@ -156,10 +159,10 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, s0: usize, s
                 } else {
                     for i in 0..R {
                         let (t0, t1, t2, t3) = (
-                            _mm512_loadu_si512(tp as *const __m512i),
-                            _mm512_loadu_si512(tp.add(1) as *const __m512i),
-                            _mm512_loadu_si512(tp.add(2) as *const __m512i),
-                            _mm512_loadu_si512(tp.add(3) as *const __m512i),
+                            _mm512_loadu_si512(tp),
+                            _mm512_loadu_si512(tp.add(1)),
+                            _mm512_loadu_si512(tp.add(2)),
+                            _mm512_loadu_si512(tp.add(3)),
                         );
                         p[i] = _mm512_add_epi16(p[i], _mm512_permutex2var_epi16(t0, idx[i], t1));
                         n[i] = _mm512_add_epi16(n[i], _mm512_permutex2var_epi16(t2, idx[i], t3));
