@@ -243,6 +243,8 @@ impl Isa {
 /// Per-session scratch memory for the kernels, allocated once (no allocation per token).
 pub struct Scratch {
     act: ActBuf,
+    /// The NF3 table kernel's tables (empty where the CPU cannot run it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tables: lut::LutTables,
 }
 
@@ -252,7 +254,8 @@ impl Scratch {
     /// Larger inputs still work: a wider input grows the scratch once, and a larger batch is
     /// processed `max_batch` inputs at a time.
     pub fn new(max_cols: usize, max_batch: usize) -> Self {
-        Self { act: ActBuf::new(max_cols, max_batch.max(1)), tables: lut::LutTables::new(max_cols) }
+        let table_cols = if vbmi2_supported() { max_cols } else { 0 };
+        Self { act: ActBuf::new(max_cols, max_batch.max(1)), tables: lut::LutTables::new(table_cols) }
     }
 }
 
