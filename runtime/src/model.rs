@@ -3,7 +3,7 @@
 //! on every token.
 
 use crate::error::{Result, RuntimeError};
-use crate::kernels::lut::LutNf3;
+use crate::kernels::lut::Lut;
 use crate::kernels::{Kernels, Weight, WeightData};
 use bd_formats::bd2::{Bd2File, ReadOptions, TensorInfo};
 use bd_formats::config::BLOCK_LINEARS;
@@ -41,7 +41,7 @@ pub struct Model {
     file: Bd2File,
     /// Per tensor of the file, the NF3 table kernel's repacked copy (`kernels::lut`), made at load
     /// where this CPU's kernels use it (decode); prefill keeps reading the file's layout.
-    luts: Vec<Option<LutNf3>>,
+    luts: Vec<Option<Lut>>,
     pub(crate) layers: Vec<Layer>,
     pub(crate) embed: MatrixRef,
     pub(crate) final_norm: Vec<f32>,
@@ -112,12 +112,12 @@ impl Model {
     /// [`Kernels::with_tables`]): `open` does this for [`Kernels::detect`]; a program that runs
     /// sessions with other kernels calls it again.
     pub fn repack_for(&mut self, kernels: &Kernels) {
-        let mut luts: Vec<Option<LutNf3>> = (0..self.file.tensors().len()).map(|_| None).collect();
+        let mut luts: Vec<Option<Lut>> = (0..self.file.tensors().len()).map(|_| None).collect();
         let mats = self.layers.iter().flat_map(|l| [l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down]).chain([self.head]);
         for m in mats {
             if let WeightData::Quant(p) = self.weight(&m).data {
                 if kernels.wants_tables(&p) && luts[m.index].is_none() {
-                    luts[m.index] = LutNf3::new(&p);
+                    luts[m.index] = Lut::new(&p);
                 }
             }
         }
@@ -126,7 +126,7 @@ impl Model {
 
     /// Bytes held by the repacked copies of [`Model::repack_for`].
     pub fn repacked_bytes(&self) -> usize {
-        self.luts.iter().flatten().map(LutNf3::bytes).sum()
+        self.luts.iter().flatten().map(Lut::bytes).sum()
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -114,28 +114,31 @@ fn quantized_files_match_the_fake_quantized_reference() {
     }
 }
 
-/// The NF3 table kernel (`BD_NF3_TABLES=1`) serves decode steps on CPUs that have it: same
-/// logits as the reference within the quantized tolerance, and prefill unchanged.
+/// The table kernels (`BD_TABLES=1`, NF3 and INT2) serve decode steps on CPUs that have them:
+/// same logits as the reference within the quantized tolerance.
 #[test]
-fn nf3_table_kernel_decodes_like_the_reference() {
+fn table_kernels_decode_like_the_reference() {
     let spec = TinySpec::default();
     let dir = tempfile::tempdir().unwrap();
-    let path = write_model(dir.path(), "q.bd2", &spec, DType::Quant(QuantFormat::Nf3), DType::F32, 32);
-    let (mut model, reference) = (open(&path), Reference::from_file(&path));
-    let kernels = bd_runtime::kernels::Kernels::detect().with_tables(true);
-    model.repack_for(&kernels);
-    assert_eq!(model.repacked_bytes() > 0, kernels.tables(), "repacked where the kernel runs");
-    let toks = tokens(40, reference.cfg.vocab_size, 5);
-    let want = reference.forward(&toks);
-    let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    let mut s = bd_runtime::Session::with_kernels(&model, 64, 2, kernels).unwrap();
-    let mut worst = 0f32;
-    for (i, &t) in toks.iter().enumerate() {
-        worst = worst.max(max_diff(s.decode(t).unwrap(), &want[i]));
+    for format in [QuantFormat::Nf3, QuantFormat::Int2] {
+        let path = write_model(dir.path(), &format!("{format}.bd2"), &spec, DType::Quant(format), DType::F32, 32);
+        let (mut model, reference) = (open(&path), Reference::from_file(&path));
+        let kernels = bd_runtime::kernels::Kernels::detect().with_tables(true);
+        model.repack_for(&kernels);
+        assert_eq!(model.repacked_bytes() > 0, kernels.tables(), "{format}: repacked where the kernel runs");
+        let toks = tokens(40, reference.cfg.vocab_size, 5);
+        let want = reference.forward(&toks);
+        let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        let mut s = bd_runtime::Session::with_kernels(&model, 64, 2, kernels).unwrap();
+        let mut worst = 0f32;
+        for (i, &t) in toks.iter().enumerate() {
+            worst = worst.max(max_diff(s.decode(t).unwrap(), &want[i]));
+        }
+        assert!(worst < 1e-2 * scale.max(1.0), "{format} tables: logits differ by {worst} (scale {scale})");
+        drop(s);
+        model.repack_for(&kernels.with_tables(false));
+        assert_eq!(model.repacked_bytes(), 0);
     }
-    assert!(worst < 1e-2 * scale.max(1.0), "nf3 tables: logits differ by {worst} (scale {scale})");
-    model.repack_for(&kernels.with_tables(false));
-    assert_eq!(model.repacked_bytes(), 0);
 }
 
 #[test]

@@ -239,3 +239,42 @@ pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
         y + part
     }
 }
+
+/// A matrix repacked for a table kernel: NF3 (this module) or INT2 (`lut_int2.rs`).
+#[derive(Clone, Debug)]
+pub enum Lut {
+    Nf3(LutNf3),
+    Int2(super::lut_int2::LutInt2),
+}
+
+impl Lut {
+    /// Whether `p` has a table kernel (NF3 or INT2 with groups of 32 or more).
+    pub fn supports(p: &PackedMatrix) -> bool {
+        LutNf3::supports(p) || super::lut_int2::LutInt2::supports(p)
+    }
+
+    /// Repack `p` for its table kernel (`None` where [`Lut::supports`] says no).
+    pub fn new(p: &PackedMatrix) -> Option<Self> {
+        match p.format() {
+            QuantFormat::Nf3 => LutNf3::new(p).map(Lut::Nf3),
+            QuantFormat::Int2 => super::lut_int2::LutInt2::new(p).map(Lut::Int2),
+            _ => None,
+        }
+    }
+
+    /// Bytes held (codes and scales).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Lut::Nf3(m) => m.bytes(),
+            Lut::Int2(m) => m.bytes(),
+        }
+    }
+
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Lut::Nf3(m) => (m.rows, m.cols),
+            Lut::Int2(m) => (m.rows, m.cols),
+        }
+    }
+}

@@ -130,12 +130,15 @@ macro_rules! nf_dispatch {
 mod act;
 mod aligned;
 pub mod lut;
+pub mod lut_int2;
 mod nf_int;
 mod reference;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_lut;
+#[cfg(test)]
+mod tests_lut_int2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -151,6 +154,8 @@ mod avx512_float;
 mod avx512_int;
 #[cfg(target_arch = "x86_64")]
 mod avx512_lut;
+#[cfg(target_arch = "x86_64")]
+mod avx512_lut_int2;
 #[cfg(target_arch = "x86_64")]
 mod avx512_nf;
 #[cfg(target_arch = "x86_64")]
@@ -184,9 +189,10 @@ pub struct Weight<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: WeightData<'a>,
-    /// NF3 only: the same matrix repacked for the table kernel (`lut.rs`), which then serves
-    /// single inputs (decode) where [`Kernels::uses_tables`] says so.
-    pub lut: Option<&'a lut::LutNf3>,
+    /// NF3 and INT2 only: the same matrix repacked for its table kernel (`lut.rs`,
+    /// `lut_int2.rs`), which then serves single inputs (decode) where [`Kernels::uses_tables`]
+    /// says so.
+    pub lut: Option<&'a lut::Lut>,
 }
 
 /// The instruction set the kernels use.
@@ -243,9 +249,11 @@ impl Isa {
 /// Per-session scratch memory for the kernels, allocated once (no allocation per token).
 pub struct Scratch {
     act: ActBuf,
-    /// The NF3 table kernel's tables (empty where the CPU cannot run it).
+    /// The table kernels' tables (empty where the CPU cannot run them).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tables: lut::LutTables,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    tables_int2: lut_int2::Int2Tables,
 }
 
 impl Scratch {
@@ -255,7 +263,11 @@ impl Scratch {
     /// processed `max_batch` inputs at a time.
     pub fn new(max_cols: usize, max_batch: usize) -> Self {
         let table_cols = if vbmi2_supported() { max_cols } else { 0 };
-        Self { act: ActBuf::new(max_cols, max_batch.max(1)), tables: lut::LutTables::new(table_cols) }
+        Self {
+            act: ActBuf::new(max_cols, max_batch.max(1)),
+            tables: lut::LutTables::new(table_cols),
+            tables_int2: lut_int2::Int2Tables::new(table_cols),
+        }
     }
 }
 
@@ -276,8 +288,8 @@ pub struct Kernels {
     avxvnni: bool,
     /// Quantize activations of the integer kernels to 8 bits instead of 16 (`act.rs`).
     act8: bool,
-    /// AVX-512 only: NF3 single inputs by table lookup (`lut.rs`) where the weight carries its
-    /// repacked copy; needs AVX512-VBMI2 (`vpshrdw`).
+    /// AVX-512 only: NF3 and INT2 single inputs by table lookup (`lut.rs`, `lut_int2.rs`) where
+    /// the weight carries its repacked copy; needs AVX512-VBMI2 (`vpshrdw`).
     tables: bool,
 }
 
@@ -289,12 +301,15 @@ impl Kernels {
     /// (or an unknown name) falls back to the reference, with one line on stderr.
     ///
     /// `BD_ACT_BITS=8` selects 8-bit activations ([`Kernels::with_act8`]); `16` or unset, 16-bit.
-    /// `BD_NF3_TABLES=1` turns on the NF3 table kernel ([`Kernels::with_tables`]).
+    /// `BD_TABLES=1` turns on the table kernels ([`Kernels::with_tables`]; `BD_NF3_TABLES=1`, its
+    /// earlier name, still does).
     pub fn detect() -> Self {
         let (k, warning) = Self::from_setting(std::env::var("BD_KERNELS").ok().as_deref());
         let (act8, warning_bits) = act8_setting(std::env::var("BD_ACT_BITS").ok().as_deref());
-        let (tables, warning_tables) = tables_setting(std::env::var("BD_NF3_TABLES").ok().as_deref());
-        let warnings: Vec<String> = [warning, warning_bits, warning_tables].into_iter().flatten().collect();
+        let (tables, warning_tables) = tables_setting("BD_TABLES", std::env::var("BD_TABLES").ok().as_deref());
+        let (tables_nf3, warning_nf3) = tables_setting("BD_NF3_TABLES", std::env::var("BD_NF3_TABLES").ok().as_deref());
+        let tables = tables || tables_nf3;
+        let warnings: Vec<String> = [warning, warning_bits, warning_tables, warning_nf3].into_iter().flatten().collect();
         if !warnings.is_empty() && !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
             for w in warnings {
                 eprintln!("bd-run: {w}");
@@ -382,26 +397,27 @@ impl Kernels {
         self.act8
     }
 
-    /// The same kernels with or without (the default) the NF3 table kernel for single inputs
-    /// (`lut.rs`; AVX-512 with VBMI2 only, elsewhere this stays off). Opt-in: it needs a repacked
-    /// copy of every NF3 matrix (made at load: the memory of those weights twice, and ~17 s more
-    /// to load a 7B model on 2 cores) and its tables keep ~11 bits of each pair's contribution
-    /// (normwise error ~6e-4 against 9e-5 for the 16-bit activations and 5e-3 for the 8-bit ones).
+    /// The same kernels with or without (the default) the table kernels for single inputs: NF3
+    /// (`lut.rs`) and INT2 (`lut_int2.rs`), AVX-512 with VBMI2 only (elsewhere this stays off).
+    /// Opt-in: they need a repacked copy of every NF3 or INT2 matrix (made at load: the memory of
+    /// those weights twice, and more time to load) and their tables keep ~11-12 bits of each
+    /// lookup's contribution (normwise error ~6e-4 for NF3 and ~4e-4 for INT2, against ~1e-4 or
+    /// less for the 16-bit activations and ~4e-3 for the 8-bit ones).
     pub fn with_tables(self, tables: bool) -> Self {
         Self { tables: tables && self.isa == Isa::Avx512 && vbmi2_supported(), ..self }
     }
 
-    /// Whether the NF3 table kernel is on (see [`Kernels::with_tables`]).
+    /// Whether the table kernels are on (see [`Kernels::with_tables`]).
     pub fn tables(&self) -> bool {
         self.tables
     }
 
-    /// Whether NF3 matrices like `p` are worth repacking for these kernels ([`Weight::lut`]).
+    /// Whether matrices like `p` are worth repacking for these kernels ([`Weight::lut`]).
     pub fn wants_tables(&self, p: &PackedMatrix) -> bool {
-        self.tables && lut::LutNf3::supports(p)
+        self.tables && lut::Lut::supports(p)
     }
 
-    /// Whether a single input times `w` runs the NF3 table kernel.
+    /// Whether a single input times `w` runs a table kernel.
     pub fn uses_tables(&self, w: &Weight) -> bool {
         self.tables && w.lut.is_some()
     }
@@ -461,18 +477,33 @@ impl Kernels {
         match (self.isa, w.data) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, WeightData::Quant(_)) if n == 1 && self.uses_tables(w) => {
-                let m = w.lut.expect("uses_tables");
-                assert_eq!((m.rows, m.cols), (rows, cols), "weight shape");
-                if scratch.tables.pcols() < cols {
-                    // A wider input than the session was made for: grow once.
-                    scratch.tables = lut::LutTables::new(cols);
-                }
-                let t = &mut scratch.tables;
-                unsafe { avx512_lut::build(x, t) };
-                let t = &*t;
+                let lut = w.lut.expect("uses_tables");
+                assert_eq!(lut.shape(), (rows, cols), "weight shape");
                 // Each "row" of the split is a block of 32 rows.
-                let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
-                par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
+                match lut {
+                    lut::Lut::Nf3(m) => {
+                        if scratch.tables.pcols() < cols {
+                            // A wider input than the session was made for: grow once.
+                            scratch.tables = lut::LutTables::new(cols);
+                        }
+                        let t = &mut scratch.tables;
+                        unsafe { avx512_lut::build(x, t) };
+                        let t = &*t;
+                        let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
+                        par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
+                    }
+                    lut::Lut::Int2(m) => {
+                        if scratch.tables_int2.pcols() < cols {
+                            scratch.tables_int2 = lut_int2::Int2Tables::new(cols);
+                        }
+                        let t = &mut scratch.tables_int2;
+                        unsafe { avx512_lut_int2::build(x, m.group, t) };
+                        let t = &*t;
+                        let f =
+                            |b0: usize, b1: usize, _: usize, _: usize| unsafe { avx512_lut_int2::blocks(m, t, b0, b1, out.at(0)) };
+                        par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
+                    }
+                }
             }
             (Isa::Reference, _) => {
                 let f = |r0: usize, r1: usize, k0: usize, k1: usize| unsafe {
@@ -621,13 +652,43 @@ pub fn lut_tables(x: &[f32], t: &mut lut::LutTables, simd: bool) {
     t.build_twin(x);
 }
 
-/// What a `BD_NF3_TABLES` value selects (`1`: the NF3 table kernel), and the warning for a value
-/// that is neither 0 nor 1 (which keeps it off).
-pub fn tables_setting(v: Option<&str>) -> (bool, Option<String>) {
+/// `y = m x` by the INT2 table scheme (`lut_int2.rs`), tables already built in `t`: the AVX-512
+/// kernel where the CPU has AVX-512 VBMI2 and `simd`, else the scalar twin.
+#[doc(hidden)]
+pub fn lut_int2_matvec(m: &lut_int2::LutInt2, t: &lut_int2::Int2Tables, y: &mut [f32], simd: bool) {
+    assert_eq!(y.len(), m.rows, "lut_int2_matvec: output length");
+    #[cfg(target_arch = "x86_64")]
+    if simd && Isa::Avx512.supported() && vbmi2_supported() {
+        unsafe { avx512_lut_int2::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
+        return;
+    }
+    let _ = simd;
+    for (r, yr) in y.iter_mut().enumerate() {
+        *yr = lut_int2::row_twin(m, t, r);
+    }
+}
+
+/// Build the INT2 tables of `x` for groups of `group` columns into `t`: the AVX-512 builder where
+/// the CPU has it and `simd`, else the twin.
+#[doc(hidden)]
+pub fn lut_int2_tables(x: &[f32], group: usize, t: &mut lut_int2::Int2Tables, simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && Isa::Avx512.supported() {
+        unsafe { avx512_lut_int2::build(x, group, t) };
+        return;
+    }
+    let _ = simd;
+    t.build_twin(x, group);
+}
+
+/// What the value of the variable `name` (`BD_TABLES`, or its earlier name `BD_NF3_TABLES`)
+/// selects (`1`: the table kernels), and the warning for a value that is neither 0 nor 1 (which
+/// keeps them off).
+pub fn tables_setting(name: &str, v: Option<&str>) -> (bool, Option<String>) {
     match v.map(str::trim) {
         None | Some("") | Some("0") => (false, None),
         Some("1") => (true, None),
-        Some(other) => (false, Some(format!("BD_NF3_TABLES={other} is not 0 or 1; the NF3 table kernel stays off"))),
+        Some(other) => (false, Some(format!("{name}={other} is not 0 or 1; the table kernels stay off"))),
     }
 }
 

@@ -2,7 +2,7 @@
 //! builder and kernel equal their scalar twins exactly, the twin is within the bound of its table
 //! rounding of the exact product, and `Kernels` takes the table kernel only where it should.
 
-use super::lut::{row_twin, LutNf3, LutTables, BLOCK, EMAX, SEG};
+use super::lut::{row_twin, Lut, LutNf3, LutTables, BLOCK, EMAX, SEG};
 use super::tests::{exact, magnitude, Quant, Rng};
 use super::*;
 use bd_formats::quant::{GroupParams, QuantFormat};
@@ -105,11 +105,11 @@ fn simd_tables_and_kernel_equal_their_twins_and_the_twin_is_within_its_bound() {
 }
 
 #[test]
-fn bd_nf3_tables_setting() {
-    assert_eq!(tables_setting(None), (false, None));
-    assert_eq!(tables_setting(Some("0")), (false, None));
-    assert_eq!(tables_setting(Some(" 1 ")), (true, None));
-    let (on, warning) = tables_setting(Some("yes"));
+fn bd_tables_setting() {
+    assert_eq!(tables_setting("BD_TABLES", None), (false, None));
+    assert_eq!(tables_setting("BD_TABLES", Some("0")), (false, None));
+    assert_eq!(tables_setting("BD_TABLES", Some(" 1 ")), (true, None));
+    let (on, warning) = tables_setting("BD_NF3_TABLES", Some("yes"));
     assert!(!on && warning.unwrap().contains("BD_NF3_TABLES=yes"));
 }
 
@@ -133,46 +133,56 @@ fn non_finite_inputs_reach_the_output_as_nan_not_a_panic() {
     }
 }
 
+/// The scalar twin's product of a repacked matrix and `x`.
+pub(super) fn twin_product(lut: &Lut, x: &[f32]) -> Vec<f32> {
+    match lut {
+        Lut::Nf3(m) => twin_all(m, &tables(x, false)),
+        Lut::Int2(m) => {
+            let mut t = lut_int2::Int2Tables::new(x.len());
+            t.build_twin(x, m.group);
+            (0..m.rows).map(|r| lut_int2::row_twin(m, &t, r)).collect()
+        }
+    }
+}
+
 #[test]
 fn kernels_take_the_table_kernel_for_single_inputs_only() {
     let mut rng = Rng(13);
     let (rows, cols) = (600, 520);
-    let q = Quant::new(QuantFormat::Nf3, 128, rows, cols, &rng.weights(rows * cols));
-    let WeightData::Quant(p) = q.weight().data else { unreachable!() };
-    let m = LutNf3::new(&p).unwrap();
-    let w = Weight { lut: Some(&m), ..q.weight() };
-    let x = rng.acts(3 * cols);
-    let mut want = vec![0f32; rows];
-    for k in Kernels::available().into_iter().map(|i| Kernels::with_isa(i).with_tables(true)) {
-        let uses = k.uses_tables(&w);
-        assert!(!Kernels::with_isa(k.isa()).uses_tables(&w), "off unless asked for");
-        assert_eq!(uses, k.isa() == Isa::Avx512 && vbmi2_supported(), "{}", k.describe());
-        assert!(!k.without_extensions().uses_tables(&w) && !k.with_tables(false).uses_tables(&w));
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut scratch = Scratch::new(16, 3);
-            let (mut y1, mut y3) = (vec![f32::NAN; rows], vec![f32::NAN; 3 * rows]);
-            pool.install(|| {
-                // A scratch made for narrower inputs grows once.
-                k.matvec(&w, &x[..cols], &mut y1, &mut scratch);
-                k.matmul(&w, &x, 3, &mut y3, &mut scratch);
-            });
-            let t = tables(&x[..cols], false);
-            want.iter_mut().enumerate().for_each(|(r, v)| *v = row_twin(&m, &t, r));
-            let plain = {
-                let mut y = vec![0f32; rows];
-                k.with_tables(false).matvec(&w, &x[..cols], &mut y, &mut Scratch::new(cols, 1));
-                y
-            };
-            if uses {
-                assert_eq!(y1, want, "{} {threads} threads: the table kernel", k.describe());
-            } else {
-                assert_eq!(y1, plain, "{}: without tables, the weight's own layout", k.describe());
+    for format in [QuantFormat::Nf3, QuantFormat::Int2] {
+        let q = Quant::new(format, 128, rows, cols, &rng.weights(rows * cols));
+        let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+        let lut = Lut::new(&p).unwrap();
+        let w = Weight { lut: Some(&lut), ..q.weight() };
+        let x = rng.acts(3 * cols);
+        let want = twin_product(&lut, &x[..cols]);
+        for k in Kernels::available().into_iter().map(|i| Kernels::with_isa(i).with_tables(true)) {
+            let uses = k.uses_tables(&w);
+            assert!(!Kernels::with_isa(k.isa()).uses_tables(&w), "off unless asked for");
+            assert_eq!(uses, k.isa() == Isa::Avx512 && vbmi2_supported(), "{}", k.describe());
+            assert!(!k.without_extensions().uses_tables(&w) && !k.with_tables(false).uses_tables(&w));
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut scratch = Scratch::new(16, 3);
+                let (mut y1, mut y3) = (vec![f32::NAN; rows], vec![f32::NAN; 3 * rows]);
+                pool.install(|| {
+                    // A scratch made for narrower inputs grows once.
+                    k.matvec(&w, &x[..cols], &mut y1, &mut scratch);
+                    k.matmul(&w, &x, 3, &mut y3, &mut scratch);
+                });
+                let plain = {
+                    let mut y = vec![0f32; rows];
+                    k.with_tables(false).matvec(&w, &x[..cols], &mut y, &mut Scratch::new(cols, 1));
+                    y
+                };
+                if uses {
+                    assert_eq!(y1, want, "{format} {} {threads} threads: the table kernel", k.describe());
+                } else {
+                    assert_eq!(y1, plain, "{format} {}: without tables, the weight's own layout", k.describe());
+                }
+                // Batches keep the file's layout and its kernel.
+                assert_eq!(&y3[..rows], &plain[..], "{format} {}: batch of 3, input 0", k.describe());
             }
-            // Batches keep the file's layout and its kernel.
-            let mut y0 = vec![0f32; rows];
-            k.with_tables(false).matvec(&w, &x[..cols], &mut y0, &mut Scratch::new(cols, 1));
-            assert_eq!(&y3[..rows], &y0[..], "{}: batch of 3, input 0", k.describe());
         }
     }
 }

@@ -1,0 +1,99 @@
+//! The INT2 table kernel (`kernels::lut_int2`, AVX-512 VBMI2) beside the other INT2 kernels on one
+//! thread, in cache: that its SIMD tables and products equal the scalar twin's, each method's
+//! normwise error against the exact f32 product, and ns per weight (best of 15).
+//!
+//! `cargo run --release -p bd-runtime --example int2_tables` (`SHAPES=4096x4096,11008x4096`)
+use bd_formats::quant::{pack_matrix, PackedLayout, PackedMatrix, QuantFormat};
+use bd_runtime::kernels::lut_int2::{Int2Tables, LutInt2};
+use bd_runtime::kernels::{lut_int2_matvec, lut_int2_tables, Kernels, Scratch, Weight, WeightData};
+use std::time::Instant;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn best(f: &mut dyn FnMut()) -> f64 {
+    let mut v = vec![];
+    for _ in 0..15 {
+        let t = Instant::now();
+        for _ in 0..4 {
+            f();
+        }
+        v.push(t.elapsed().as_secs_f64() / 4.0);
+    }
+    v.sort_by(f64::total_cmp);
+    v[0]
+}
+
+fn main() {
+    let mut rng = Rng(0x1234_5678);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let shapes: Vec<(usize, usize)> = match std::env::var("SHAPES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| {
+                let (a, b) = s.split_once('x').unwrap();
+                (a.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect(),
+        Err(_) => vec![(4096, 4096), (11008, 4096), (4096, 11008)],
+    };
+    for (rows, cols) in shapes {
+        let w: Vec<f32> = (0..rows * cols).map(|_| 0.02 * rng.next()).collect();
+        let layout = PackedLayout::new(QuantFormat::Int2, 128, rows, cols).unwrap();
+        let blob = pack_matrix(QuantFormat::Int2, 128, rows, cols, &w).unwrap();
+        let p = PackedMatrix::new(layout, &blob).unwrap();
+        let wt = Weight { rows, cols, data: WeightData::Quant(p), lut: None };
+        let x: Vec<f32> = (0..cols).map(|_| rng.next()).collect();
+        let m = LutInt2::new(&p).unwrap();
+        let mut t = Int2Tables::new(m.pcols);
+        lut_int2_tables(&x, 128, &mut t, false);
+        let twin_tabs = t.tabs.clone();
+        lut_int2_tables(&x, 128, &mut t, true);
+        assert!(twin_tabs == t.tabs, "SIMD tables differ from the twin's");
+        let (mut y, mut yt) = (vec![0f32; rows], vec![0f32; rows]);
+        lut_int2_matvec(&m, &t, &mut y, true);
+        lut_int2_matvec(&m, &t, &mut yt, false);
+        let same = y.iter().zip(&yt).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+        // exact f32 reference
+        let deq = p.dequantize();
+        let exact: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| deq[r * cols + c] as f64 * x[c] as f64).sum()).collect();
+        let err = |v: &[f32]| {
+            let num: f64 = v.iter().zip(&exact).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+            let den: f64 = exact.iter().map(|b| b * b).sum();
+            (num / den).sqrt()
+        };
+        let k16 = Kernels::detect().with_act8(false);
+        let k8 = Kernels::detect().with_act8(true);
+        let mut scratch = Scratch::new(cols, 1);
+        let (mut y16, mut y8) = (vec![0f32; rows], vec![0f32; rows]);
+        k16.matvec(&wt, &x, &mut y16, &mut scratch);
+        k8.matvec(&wt, &x, &mut y8, &mut scratch);
+        println!(
+            "{rows}x{cols}: simd==twin {same}/{rows}; normwise error vs exact: lut {:.2e}, 16-bit {:.2e}, 8-bit {:.2e}",
+            err(&y),
+            err(&y16),
+            err(&y8)
+        );
+        pool.install(|| {
+            let nw = (rows * cols) as f64;
+            let a = best(&mut || lut_int2_matvec(&m, &t, &mut y, true));
+            let b = best(&mut || lut_int2_tables(&x, 128, &mut t, true));
+            let c = best(&mut || k16.matvec(&wt, &x, &mut y16, &mut scratch));
+            let d = best(&mut || k8.matvec(&wt, &x, &mut y8, &mut scratch));
+            println!(
+                "  ns/weight: lut {:.4} (+tables {:.4}), int2 16-bit {:.4}, int2 8-bit {:.4}",
+                a * 1e9 / nw,
+                b * 1e9 / nw,
+                c * 1e9 / nw,
+                d * 1e9 / nw
+            );
+        });
+    }
+}

@@ -1,0 +1,179 @@
+//! AVX-512 kernel of the INT2 table scheme (`lut_int2.rs`): per three columns and block of 32
+//! rows, one index register (a shift of the codes), one `vpermi2w` lookup and one 16-bit add.
+
+// Kernels index several parallel per-block arrays with the same loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use super::lut::BLOCK;
+use super::lut_int2::{centred, Int2Tables, LutInt2, CODE_BYTES, ENTRIES, LOOKUPS, PASS_UNITS, SPAN, UNIT};
+use std::arch::x86_64::*;
+use std::array::from_fn;
+
+/// Lookup indices of lookup `k` (0-10) of a block's unit at `z` (`lut_int2.rs`, the layout): bits
+/// `6k..6k + 6` (the pair: 60-63) of each row's 64-bit field, in the low bits of its word
+/// (`vpermi2w` ignores the bits above bit 5).
+#[inline(always)]
+unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
+    let w = |i: usize| _mm512_loadu_si512(z.add(i));
+    match k {
+        0 => w(0),
+        1 => _mm512_srli_epi16::<6>(w(0)),
+        2 => _mm512_shrdi_epi16::<12>(w(0), w(1)),
+        3 => _mm512_srli_epi16::<2>(w(1)),
+        4 => _mm512_srli_epi16::<8>(w(1)),
+        5 => _mm512_shrdi_epi16::<14>(w(1), w(2)),
+        6 => _mm512_srli_epi16::<4>(w(2)),
+        7 => _mm512_srli_epi16::<10>(w(2)),
+        8 => w(3),
+        9 => _mm512_srli_epi16::<6>(w(3)),
+        _ => _mm512_srli_epi16::<12>(w(3)),
+    }
+}
+
+/// `Int2Tables::build_twin` with 16 entries a register: per lookup, a product and an FMA for the
+/// first two codes, then one FMA per value of the third; rounded and narrowed to words. The same
+/// f32 operations as the twin, so the same tables.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+pub unsafe fn build(x: &[f32], group: usize, t: &mut Int2Tables) {
+    // Lane i of register v: codes i % 4, i / 4, v.
+    let c1 = _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| centred(i % 4)).as_ptr());
+    let c2 = _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| centred(i / 4)).as_ptr());
+    let c3: [__m512; 4] = from_fn(|v| _mm512_set1_ps(centred(v)));
+    let xv = |c: usize| if c < x.len() { *x.get_unchecked(c) } else { 0.0 };
+    t.sum_groups(x, group);
+    for s in 0..t.spans(x.len()) {
+        let inv = t.scale_span(x, s);
+        for u in s * SPAN / UNIT..(s + 1) * SPAN / UNIT {
+            for k in 0..LOOKUPS {
+                let c = u * UNIT + 3 * k;
+                let x1 = _mm512_set1_ps(xv(c) * inv);
+                let x2 = _mm512_set1_ps(xv(c + 1) * inv);
+                let x3 = _mm512_set1_ps(if k < 10 { xv(c + 2) * inv } else { 0.0 });
+                let base = _mm512_fmadd_ps(x2, c2, _mm512_mul_ps(x1, c1));
+                let out = t.tabs.as_mut_ptr().add((u * LOOKUPS + k) * ENTRIES);
+                for v in 0..4 {
+                    let e = _mm512_cvtps_epi32(_mm512_fmadd_ps(x3, c3[v], base));
+                    _mm256_storeu_si256(out.add(16 * v) as *mut __m256i, _mm512_cvtepi32_epi16(e));
+                }
+            }
+        }
+    }
+}
+
+/// Blocks `b0..b1` of `m` times the input of `t`: `y[r]` for the rows of those blocks.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VBMI2; `y` has room for row `min(b1 * 32, m.rows) - 1`; `t` was built
+/// for an input of `m.cols` values and groups of `m.group`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
+pub unsafe fn blocks(m: &LutInt2, t: &Int2Tables, b0: usize, b1: usize, y: *mut f32) {
+    // Column passes of whole groups, so that one pass's tables stay in L2.
+    let units = m.pcols / UNIT;
+    for u0 in (0..units).step_by(PASS_UNITS) {
+        let u1 = (u0 + PASS_UNITS).min(units);
+        let mut b = b0;
+        while b + 4 <= b1 {
+            tile::<4>(m, t, b, u0, u1, y);
+            b += 4;
+        }
+        while b < b1 {
+            tile::<1>(m, t, b, u0, u1, y);
+            b += 1;
+        }
+    }
+}
+
+/// One lookup for 4 blocks: the table at `tp` loaded once, 4 lookups, 4 adds. In `asm!` so that
+/// LLVM keeps the loads beside their use instead of hoisting a unit's 22 table registers (as it
+/// did for the NF3 kernel, which then spilled).
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
+    let (_t0, _t1, _i0, _i1, _i2, _i3): (__m512i, __m512i, __m512i, __m512i, __m512i, __m512i);
+    std::arch::asm!(
+        "vmovdqu64 {t0}, [{tp}]",
+        "vmovdqu64 {t1}, [{tp} + 64]",
+        "vpermi2w {i0}, {t0}, {t1}", "vpaddw {p0}, {p0}, {i0}",
+        "vpermi2w {i1}, {t0}, {t1}", "vpaddw {p1}, {p1}, {i1}",
+        "vpermi2w {i2}, {t0}, {t1}", "vpaddw {p2}, {p2}, {i2}",
+        "vpermi2w {i3}, {t0}, {t1}", "vpaddw {p3}, {p3}, {i3}",
+        tp = in(reg) tp,
+        t0 = out(zmm_reg) _t0, t1 = out(zmm_reg) _t1,
+        i0 = inout(zmm_reg) idx[0] => _i0, i1 = inout(zmm_reg) idx[1] => _i1, i2 = inout(zmm_reg) idx[2] => _i2, i3 = inout(zmm_reg) idx[3] => _i3,
+        p0 = inout(zmm_reg) p[0], p1 = inout(zmm_reg) p[1], p2 = inout(zmm_reg) p[2], p3 = inout(zmm_reg) p[3],
+        options(pure, readonly, nostack),
+    );
+}
+
+/// How far ahead in each block's code stream the kernel asks for lines into L2 (the NF3 table
+/// kernel's measured choice, `avx512_lut.rs`).
+const PREFETCH: usize = 4096;
+
+#[inline(always)]
+unsafe fn tile<const R: usize>(m: &LutInt2, t: &Int2Tables, b: usize, u0: usize, u1: usize, y: *mut f32) {
+    let units = m.pcols / UNIT;
+    let codes = m.codes.as_ptr() as *const u8;
+    let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * units * CODE_BYTES) as *const __m512i);
+    let tabs = t.tabs.as_ptr() as *const __m512i;
+    let scales = m.scales.as_ptr();
+    let (upg, ups) = (m.group / UNIT, SPAN / UNIT);
+    let mut yv = [[_mm512_setzero_ps(); 2]; R];
+    for g in u0 / upg..u1.div_ceil(upg) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for s in (g * upg).max(u0) / ups..((g + 1) * upg).min(u1) / ups {
+            let mut p = [_mm512_setzero_si512(); R];
+            for u in s * ups..(s + 1) * ups {
+                for i in 0..R {
+                    let c = (cb[i].add(u * 4) as *const u8).wrapping_add(PREFETCH);
+                    for l in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T2>(c.wrapping_add(64 * l) as *const i8);
+                    }
+                }
+                unroll!(k in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10] {
+                    let tp = tabs.add((u * LOOKUPS + k) * 2);
+                    let idx: [__m512i; R] = from_fn(|i| indices(cb[i].add(u * 4), k));
+                    if R == 4 {
+                        let four = &mut *(p.as_mut_ptr() as *mut [__m512i; 4]);
+                        step4(tp, *(idx.as_ptr() as *const [__m512i; 4]), four);
+                    } else {
+                        let (t0, t1) = (_mm512_loadu_si512(tp), _mm512_loadu_si512(tp.add(1)));
+                        for i in 0..R {
+                            p[i] = _mm512_add_epi16(p[i], _mm512_permutex2var_epi16(t0, idx[i], t1));
+                        }
+                    }
+                });
+            }
+            let d = _mm512_set1_ps(*t.d.get_unchecked(s));
+            for i in 0..R {
+                unroll!(h in [0, 1] {
+                    let pw = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<{ h as i32 }>(p[i]));
+                    acc[i][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pw), d, acc[i][h]);
+                });
+            }
+        }
+        let xs = _mm512_set1_ps(*t.xsum.get_unchecked(g));
+        for i in 0..R {
+            let sc = scales.add(((b + i) * m.groups + g) * 2 * BLOCK);
+            unroll!(h in [0, 1] {
+                let s = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(16 * h) as *const __m256i));
+                let c = _mm512_cvtph_ps(_mm256_loadu_si256(sc.add(BLOCK + 16 * h) as *const __m256i));
+                yv[i][h] = _mm512_fmadd_ps(s, _mm512_fmadd_ps(c, xs, acc[i][h]), yv[i][h]);
+            });
+        }
+    }
+    for i in 0..R {
+        let r0 = (b + i) * BLOCK;
+        let live = m.rows.saturating_sub(r0).min(BLOCK);
+        let lo = ((1u32 << live.min(16)) - 1) as u16;
+        let hi = if live > 16 { ((1u32 << (live - 16)) - 1) as u16 } else { 0 };
+        for (h, mask) in [(0, lo), (1, hi)] {
+            let at = y.add(r0 + 16 * h);
+            // The first pass writes the rows; later passes add theirs.
+            let v = if u0 == 0 { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
+            _mm512_mask_storeu_ps(at, mask, v);
+        }
+    }
+}
