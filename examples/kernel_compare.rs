@@ -281,7 +281,8 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
             ("int2_g128_a8", "ggml_q2_K", 2.0),
             ("nf3_g128_a8", "ggml_q3_K", 1.8),
             ("int3_g128_a8", "ggml_q3_K", 1.8),
-            // The NF3 table kernel (`BD_NF3_TABLES=1`), where the CPU has it.
+            // The table kernels (`BD_TABLES=1`), where the CPU has them.
+            ("int2_g128_lut", "ggml_q2_K", 2.0),
             ("nf3_g128_lut", "ggml_q3_K", 1.8),
         ] {
             if let (Some(a), Some(b)) = (find(ours, shape, 1, "cache"), find(theirs, shape, 1, "cache")) {
@@ -308,6 +309,7 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
                 "int4_g128_a8",
                 "nf3_g128_a8",
                 "nf4_g128_a8",
+                "int2_g128_lut",
                 "nf3_g128_lut",
                 "ggml_q2_K",
             ] {
@@ -339,6 +341,7 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
         ("int3_g128_a8", "candle_q3k"),
         ("nf3_g128_a8", "candle_q3k"),
         ("int4_g128_a8", "candle_q4_0"),
+        ("int2_g128_lut", "candle_q2k"),
         ("nf3_g128_lut", "candle_q3k"),
     ] {
         for a in rows.iter().filter(|r| r.kernel == ours) {

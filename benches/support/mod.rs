@@ -23,7 +23,7 @@
 
 use bd_formats::quant::{pack_matrix, PackedLayout, PackedMatrix, QuantFormat};
 use bd_ggml::{AlignedBytes, GgmlMatrix, GgmlType, MulMatGraph};
-use bd_runtime::kernels::lut::LutNf3;
+use bd_runtime::kernels::lut::Lut;
 use bd_runtime::kernels::{Kernels, Scratch, Weight, WeightData};
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, GgmlType as CandleBlock, QMatMul, QTensor};
@@ -126,7 +126,8 @@ pub enum KernelKind {
     Ours(QuantFormat),
     /// Ours with 8-bit activations (`Kernels::with_act8`): `int2_g128_a8`, ...
     OursAct8(QuantFormat),
-    /// Ours by table lookup (`kernels::lut`, NF3 only, AVX-512 VBMI2 only): `nf3_g128_lut`.
+    /// Ours by table lookup (`kernels::lut`, `kernels::lut_int2`; NF3 and INT2, AVX-512 VBMI2
+    /// only): `nf3_g128_lut`, `int2_g128_lut`.
     OursLut(QuantFormat),
     GgmlMulMat(GgmlType),
     GgmlVecDot(GgmlType),
@@ -146,7 +147,7 @@ impl KernelKind {
                 .map(KernelKind::OursAct8),
         );
         if Kernels::detect().with_tables(true).tables() {
-            v.push(KernelKind::OursLut(QuantFormat::Nf3));
+            v.extend([QuantFormat::Int2, QuantFormat::Nf3].map(KernelKind::OursLut));
         }
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlMulMat));
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlVecDot));
@@ -355,7 +356,7 @@ pub fn instantiate(kind: KernelKind, src: &Sources, where_: Where, threads: usiz
             let luts = match kind {
                 KernelKind::OursLut(_) => blobs
                     .iter()
-                    .map(|b| LutNf3::new(&PackedMatrix::new(*layout, b).expect("packed matrix")).expect("NF3 g128"))
+                    .map(|b| Lut::new(&PackedMatrix::new(*layout, b).expect("packed matrix")).expect("NF3 or INT2, g128"))
                     .collect(),
                 _ => Vec::new(),
             };
@@ -432,7 +433,7 @@ struct Ours {
     threads: usize,
     layout: PackedLayout,
     blobs: Vec<AlignedBytes>,
-    luts: Vec<LutNf3>,
+    luts: Vec<Lut>,
     products: usize,
     x: Vec<f32>,
     y: Vec<f32>,

@@ -117,7 +117,9 @@ impl LutInt2 {
                     for u in 0..units {
                         let qs = &q[u * UNIT..][..UNIT];
                         let f = (0..LOOKUPS).fold(0u64, |f, k| {
-                            let i = qs[3 * k] as u64 | (qs[3 * k + 1] as u64) << 2 | qs.get(3 * k + 2).map_or(0, |&v| (v as u64) << 4);
+                            let i = qs[3 * k] as u64
+                                | (qs[3 * k + 1] as u64) << 2
+                                | qs.get(3 * k + 2).map_or(0, |&v| (v as u64) << 4);
                             f | i << field(k).0
                         });
                         for i in 0..4 {
@@ -125,7 +127,9 @@ impl LutInt2 {
                         }
                     }
                     for g in 0..groups {
-                        let GroupParams::Int { scale, zero } = p.params(r, g) else { unreachable!("INT2 has integer parameters") };
+                        let GroupParams::Int { scale, zero } = p.params(r, g) else {
+                            unreachable!("INT2 has integer parameters")
+                        };
                         scales[g * 2 * BLOCK + lane] = scale.to_bits();
                         // Exact in f16 for any 8-bit zero point.
                         scales[g * 2 * BLOCK + BLOCK + lane] = half::f16::from_f32(1.5 - zero as f32).to_bits();

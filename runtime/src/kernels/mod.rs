@@ -499,8 +499,9 @@ impl Kernels {
                         let t = &mut scratch.tables_int2;
                         unsafe { avx512_lut_int2::build(x, m.group, t) };
                         let t = &*t;
-                        let f =
-                            |b0: usize, b1: usize, _: usize, _: usize| unsafe { avx512_lut_int2::blocks(m, t, b0, b1, out.at(0)) };
+                        let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe {
+                            avx512_lut_int2::blocks(m, t, b0, b1, out.at(0))
+                        };
                         par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
                     }
                 }

@@ -56,7 +56,8 @@ fn repacked_layout_holds_the_files_codes_and_parameters() {
                 }
                 for g in 0..m.groups {
                     let at = ((r / BLOCK) * m.groups + g) * 2 * BLOCK + r % BLOCK;
-                    let (s, c) = (half::f16::from_bits(m.scales[at]).to_f32(), half::f16::from_bits(m.scales[at + BLOCK]).to_f32());
+                    let (s, c) =
+                        (half::f16::from_bits(m.scales[at]).to_f32(), half::f16::from_bits(m.scales[at + BLOCK]).to_f32());
                     let want = if r < rows { (params(&q, r, g).0, 1.5 - params(&q, r, g).1) } else { (0.0, 0.0) };
                     assert_eq!((s, c), want, "{rows}x{cols} g{group}: row {r} group {g}");
                 }
@@ -102,7 +103,12 @@ fn simd_tables_and_kernel_equal_their_twins_and_the_twin_is_within_its_bound() {
                 let (ex, mag) = (exact(&q.weight(), x), magnitude(&q.weight(), x));
                 for r in 0..rows {
                     let b = bound(&q, &m, &tw, x, mag[r], r);
-                    assert!((want[r] - ex[r]).abs() <= b, "{rows}x{cols} g{group}: row {r}: twin {} exact {} bound {b}", want[r], ex[r]);
+                    assert!(
+                        (want[r] - ex[r]).abs() <= b,
+                        "{rows}x{cols} g{group}: row {r}: twin {} exact {} bound {b}",
+                        want[r],
+                        ex[r]
+                    );
                 }
             }
         }
