@@ -115,8 +115,7 @@ fn main() {
             let same = y.iter().zip(&yt).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
             // exact f32 reference
             let deq = p.dequantize();
-            let exact: Vec<f64> =
-                (0..rows).map(|r| (0..cols).map(|c| deq[r * cols + c] as f64 * x[c] as f64).sum()).collect();
+            let exact: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| deq[r * cols + c] as f64 * x[c] as f64).sum()).collect();
             let err = |v: &[f32]| {
                 let num: f64 = v.iter().zip(&exact).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
                 let den: f64 = exact.iter().map(|b| b * b).sum();

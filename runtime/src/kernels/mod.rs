@@ -133,6 +133,7 @@ pub mod lut;
 pub mod lut_int2;
 mod nf_int;
 mod reference;
+mod tables;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -173,6 +174,7 @@ use act::ActBuf;
 use bd_formats::quant::PackedMatrix;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub use tables::{lut_int2_matvec, lut_int2_tables, lut_matvec, lut_tables, tables_setting};
 
 /// A weight matrix `[rows, cols]` as stored in the file (zero copy).
 #[derive(Clone, Copy, Debug)]
@@ -479,32 +481,7 @@ impl Kernels {
             (Isa::Avx512, WeightData::Quant(_)) if n == 1 && self.uses_tables(w) => {
                 let lut = w.lut.expect("uses_tables");
                 assert_eq!(lut.shape(), (rows, cols), "weight shape");
-                // Each "row" of the split is a block of 32 rows.
-                match lut {
-                    lut::Lut::Nf3(m) => {
-                        if scratch.tables.pcols() < cols {
-                            // A wider input than the session was made for: grow once.
-                            scratch.tables = lut::LutTables::new(cols);
-                        }
-                        let t = &mut scratch.tables;
-                        unsafe { avx512_lut::build(x, t) };
-                        let t = &*t;
-                        let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
-                        par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
-                    }
-                    lut::Lut::Int2(m) => {
-                        if scratch.tables_int2.pcols() < cols {
-                            scratch.tables_int2 = lut_int2::Int2Tables::new(cols);
-                        }
-                        let t = &mut scratch.tables_int2;
-                        unsafe { avx512_lut_int2::build(x, m.group, t) };
-                        let t = &*t;
-                        let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe {
-                            avx512_lut_int2::blocks(m, t, b0, b1, out.at(0))
-                        };
-                        par_rows(m.blocks, lut::BLOCK * cols, 1, 1, f);
-                    }
-                }
+                tables::matvec(lut, x, out, scratch);
             }
             (Isa::Reference, _) => {
                 let f = |r0: usize, r1: usize, k0: usize, k1: usize| unsafe {
@@ -621,75 +598,6 @@ impl Kernels {
         for (r, yr) in y.iter_mut().enumerate() {
             *yr = if nf { nf_int::nf_row_twin(&p, r, &act, 0, nf_int::tmax(act8)) } else { act::int_row_twin(&p, r, &act, 0) };
         }
-    }
-}
-
-/// `y = m x` by the NF3 table scheme (`lut.rs`), tables already built in `t`: the AVX-512 kernel
-/// where the CPU has AVX-512 VBMI2 and `simd`, else the scalar twin.
-#[doc(hidden)]
-pub fn lut_matvec(m: &lut::LutNf3, t: &lut::LutTables, y: &mut [f32], simd: bool) {
-    assert_eq!(y.len(), m.rows, "lut_matvec: output length");
-    #[cfg(target_arch = "x86_64")]
-    if simd && Isa::Avx512.supported() && vbmi2_supported() {
-        unsafe { avx512_lut::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
-        return;
-    }
-    let _ = simd;
-    for (r, yr) in y.iter_mut().enumerate() {
-        *yr = lut::row_twin(m, t, r);
-    }
-}
-
-/// Build the NF3 tables of `x` into `t`: the AVX-512 builder where the CPU has it and `simd`, else
-/// the twin.
-#[doc(hidden)]
-pub fn lut_tables(x: &[f32], t: &mut lut::LutTables, simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && Isa::Avx512.supported() {
-        unsafe { avx512_lut::build(x, t) };
-        return;
-    }
-    let _ = simd;
-    t.build_twin(x);
-}
-
-/// `y = m x` by the INT2 table scheme (`lut_int2.rs`), tables already built in `t`: the AVX-512
-/// kernel where the CPU has AVX-512 VBMI2 and `simd`, else the scalar twin.
-#[doc(hidden)]
-pub fn lut_int2_matvec(m: &lut_int2::LutInt2, t: &lut_int2::Int2Tables, y: &mut [f32], simd: bool) {
-    assert_eq!(y.len(), m.rows, "lut_int2_matvec: output length");
-    #[cfg(target_arch = "x86_64")]
-    if simd && Isa::Avx512.supported() && vbmi2_supported() {
-        unsafe { avx512_lut_int2::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
-        return;
-    }
-    let _ = simd;
-    for (r, yr) in y.iter_mut().enumerate() {
-        *yr = lut_int2::row_twin(m, t, r);
-    }
-}
-
-/// Build the INT2 tables of `x` for groups of `group` columns into `t`: the AVX-512 builder where
-/// the CPU has it and `simd`, else the twin.
-#[doc(hidden)]
-pub fn lut_int2_tables(x: &[f32], group: usize, t: &mut lut_int2::Int2Tables, simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && Isa::Avx512.supported() {
-        unsafe { avx512_lut_int2::build(x, group, t) };
-        return;
-    }
-    let _ = simd;
-    t.build_twin(x, group);
-}
-
-/// What the value of the variable `name` (`BD_TABLES`, or its earlier name `BD_NF3_TABLES`)
-/// selects (`1`: the table kernels), and the warning for a value that is neither 0 nor 1 (which
-/// keeps them off).
-pub fn tables_setting(name: &str, v: Option<&str>) -> (bool, Option<String>) {
-    match v.map(str::trim) {
-        None | Some("") | Some("0") => (false, None),
-        Some("1") => (true, None),
-        Some(other) => (false, Some(format!("{name}={other} is not 0 or 1; the table kernels stay off"))),
     }
 }
 
