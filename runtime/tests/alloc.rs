@@ -7,6 +7,7 @@ mod common;
 use bd_formats::hf::fixture::TinySpec;
 use bd_formats::quant::QuantFormat;
 use bd_formats::DType;
+use bd_runtime::kernels::Kernels;
 use bd_runtime::{Model, ReadOptions, Sampler, SamplerConfig, Session, Tokenizer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,12 +42,15 @@ const STEPS: usize = 64;
 
 /// Allocations during `STEPS` decode steps (each sampling the next token with top-k/top-p/min-p and a
 /// repetition penalty) after a warm-up, run on the session's own pool thread as a real loop would.
-fn allocations_per_run(block: DType, threads: usize) -> usize {
+/// `tables`: with the table kernels (`BD_TABLES=1`), where the CPU has them.
+fn allocations_per_run(block: DType, threads: usize, tables: bool) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_model(dir.path(), "m.bd2", &TinySpec::default(), block, DType::F32, 32);
-    let model = Model::open(&path, ReadOptions::default()).unwrap();
+    let mut model = Model::open(&path, ReadOptions::default()).unwrap();
+    let kernels = Kernels::detect().with_tables(tables);
+    model.repack_for(&kernels);
     let prompt = Tokenizer::from_model(&model).unwrap().encode("the end", true).unwrap();
-    let mut session = Session::new(&model, 128, threads).unwrap();
+    let mut session = Session::with_kernels(&model, 128, threads, kernels).unwrap();
     let cfg = SamplerConfig { temperature: 0.9, repeat_penalty: 1.1, seed: 3, ..SamplerConfig::default() };
     let mut sampler = Sampler::new(cfg, model.config().vocab_size).unwrap();
     session.with_pool(|s| {
@@ -71,15 +75,17 @@ fn allocations_per_run(block: DType, threads: usize) -> usize {
 #[test]
 fn decode_steps_allocate_nothing() {
     let mut report = Vec::new();
-    for (block, threads) in [
-        (DType::F32, 1),
-        (DType::F32, 2),
-        (DType::F32, 4),
-        (DType::Quant(QuantFormat::Int2), 2),
-        (DType::Quant(QuantFormat::Nf3), 2),
-        (DType::Quant(QuantFormat::Int4), 2),
+    for (block, threads, tables) in [
+        (DType::F32, 1, false),
+        (DType::F32, 2, false),
+        (DType::F32, 4, false),
+        (DType::Quant(QuantFormat::Int2), 2, false),
+        (DType::Quant(QuantFormat::Nf3), 2, false),
+        (DType::Quant(QuantFormat::Int4), 2, false),
+        (DType::Quant(QuantFormat::Int2), 2, true),
+        (DType::Quant(QuantFormat::Nf3), 1, true),
     ] {
-        report.push((block, threads, allocations_per_run(block, threads)));
+        report.push((block, threads, tables, allocations_per_run(block, threads, tables)));
     }
-    assert!(report.iter().all(|r| r.2 == 0), "allocations over {STEPS} steps (dtype, threads, count): {report:?}");
+    assert!(report.iter().all(|r| r.3 == 0), "allocations over {STEPS} steps (dtype, threads, tables, count): {report:?}");
 }
