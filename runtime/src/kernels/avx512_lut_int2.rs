@@ -113,7 +113,9 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 // one column pass (16 KiB) of each block's stream, so a distance within the stream left each
 // tile's first 4 KiB a block unfetched. From DRAM (`kernel_compare --kernels
 // int2_g128_lut,int2_g128_a8 --where dram --threads 1,2`, Zen 4, two alternations) the table
-// kernel took 0.99-1.10x the 8-bit kernel's time at 1 thread with it, 1.08-1.16x without.
+// kernel took 0.99-1.10x the 8-bit kernel's time at 1 thread with it, 1.08-1.16x without. Two
+// more alternations (23:30 UTC): one tile ahead 0.99-1.14x, two tiles 1.04-1.18x, half a tile (the
+// current tile's other blocks, being read anyway) 1.23-1.35x, 4 KiB in the stream 1.10-1.26x.
 
 #[inline(always)]
 unsafe fn tile<const R: usize>(m: &LutInt2, t: &Int2Tables, b: usize, u0: usize, u1: usize, y: *mut f32) {
