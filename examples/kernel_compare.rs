@@ -284,6 +284,7 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
             // The table kernels (`BD_TABLES=1`), where the CPU has them.
             ("int2_g128_lut", "ggml_q2_K", 2.0),
             ("nf3_g128_lut", "ggml_q3_K", 1.8),
+            ("int3_g128_lut", "ggml_q3_K", 1.8),
         ] {
             if let (Some(a), Some(b)) = (find(ours, shape, 1, "cache"), find(theirs, shape, 1, "cache")) {
                 let x = b.ns_per_weight / a.ns_per_weight;
@@ -310,6 +311,7 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
                 "nf3_g128_a8",
                 "nf4_g128_a8",
                 "int2_g128_lut",
+                "int3_g128_lut",
                 "nf3_g128_lut",
                 "ggml_q2_K",
             ] {
@@ -342,6 +344,7 @@ fn format_table(rows: &[Row], errors: &[(String, String, f64)]) -> String {
         ("nf3_g128_a8", "candle_q3k"),
         ("int4_g128_a8", "candle_q4_0"),
         ("int2_g128_lut", "candle_q2k"),
+        ("int3_g128_lut", "candle_q3k"),
         ("nf3_g128_lut", "candle_q3k"),
     ] {
         for a in rows.iter().filter(|r| r.kernel == ours) {

@@ -126,8 +126,8 @@ pub enum KernelKind {
     Ours(QuantFormat),
     /// Ours with 8-bit activations (`Kernels::with_act8`): `int2_g128_a8`, ...
     OursAct8(QuantFormat),
-    /// Ours by table lookup (`kernels::lut`, `kernels::lut_int2`; NF3 and INT2, AVX-512 VBMI2
-    /// only): `nf3_g128_lut`, `int2_g128_lut`.
+    /// Ours by table lookup (`kernels::lut`, `kernels::lut_int`; NF3, INT2 and INT3, AVX-512
+    /// VBMI2 only): `nf3_g128_lut`, `int2_g128_lut`, `int3_g128_lut`.
     OursLut(QuantFormat),
     GgmlMulMat(GgmlType),
     GgmlVecDot(GgmlType),
@@ -147,7 +147,7 @@ impl KernelKind {
                 .map(KernelKind::OursAct8),
         );
         if Kernels::detect().with_tables(true).tables() {
-            v.extend([QuantFormat::Int2, QuantFormat::Nf3].map(KernelKind::OursLut));
+            v.extend([QuantFormat::Int2, QuantFormat::Int3, QuantFormat::Nf3].map(KernelKind::OursLut));
         }
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlMulMat));
         v.extend(GgmlType::WEIGHTS.into_iter().map(KernelKind::GgmlVecDot));
@@ -356,7 +356,7 @@ pub fn instantiate(kind: KernelKind, src: &Sources, where_: Where, threads: usiz
             let luts = match kind {
                 KernelKind::OursLut(_) => blobs
                     .iter()
-                    .map(|b| Lut::new(&PackedMatrix::new(*layout, b).expect("packed matrix")).expect("NF3 or INT2, g128"))
+                    .map(|b| Lut::new(&PackedMatrix::new(*layout, b).expect("packed matrix")).expect("NF3, INT2 or INT3, g128"))
                     .collect(),
                 _ => Vec::new(),
             };

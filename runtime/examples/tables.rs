@@ -1,14 +1,14 @@
-//! The table kernels (`kernels::lut` for NF3, `kernels::lut_int2` for INT2; AVX-512 VBMI2) beside
+//! The table kernels (`kernels::lut` for NF3, `kernels::lut_int` for INT2 and INT3; AVX-512 VBMI2) beside
 //! the other kernels of their format on one thread, in cache: that their SIMD tables and products
 //! equal the scalar twins', each method's normwise error against the exact f32 product, and ns per
 //! weight (best of 15).
 //!
-//! `cargo run --release -p bd-runtime --example tables` (`FORMATS=int2,nf3`,
+//! `cargo run --release -p bd-runtime --example tables` (`FORMATS=int2,int3,nf3`,
 //! `SHAPES=4096x4096,11008x4096`)
 use bd_formats::quant::{pack_matrix, PackedLayout, PackedMatrix, QuantFormat};
 use bd_runtime::kernels::lut::{LutNf3, LutTables};
-use bd_runtime::kernels::lut_int2::{Int2Tables, LutInt2};
-use bd_runtime::kernels::{lut_int2_matvec, lut_int2_tables, lut_matvec, lut_tables, Kernels, Scratch, Weight, WeightData};
+use bd_runtime::kernels::lut_int::{IntTables, LutInt};
+use bd_runtime::kernels::{lut_int_matvec, lut_int_tables, lut_matvec, lut_tables, Kernels, Scratch, Weight, WeightData};
 use std::time::Instant;
 
 const GROUP: usize = 128;
@@ -39,14 +39,14 @@ fn best(f: &mut dyn FnMut()) -> f64 {
 /// A repacked matrix with its tables.
 enum Repacked {
     Nf3(LutNf3, LutTables),
-    Int2(LutInt2, Int2Tables),
+    Int(LutInt, IntTables),
 }
 
 impl Repacked {
     fn new(p: &PackedMatrix) -> Self {
         match p.format() {
             QuantFormat::Nf3 => Repacked::Nf3(LutNf3::new(p).unwrap(), LutTables::new(p.layout.cols)),
-            _ => Repacked::Int2(LutInt2::new(p).unwrap(), Int2Tables::new(p.layout.cols)),
+            _ => Repacked::Int(LutInt::new(p).unwrap(), IntTables::new(p.layout.cols)),
         }
     }
     /// Build the tables of `x`; returns the words of the tables.
@@ -56,8 +56,8 @@ impl Repacked {
                 lut_tables(x, t, simd);
                 t.tabs.clone()
             }
-            Repacked::Int2(m, t) => {
-                lut_int2_tables(x, m.group, t, simd);
+            Repacked::Int(m, t) => {
+                lut_int_tables(x, m, t, simd);
                 t.tabs.clone()
             }
         }
@@ -65,13 +65,13 @@ impl Repacked {
     fn build_only(&mut self, x: &[f32]) {
         match self {
             Repacked::Nf3(_, t) => lut_tables(x, t, true),
-            Repacked::Int2(m, t) => lut_int2_tables(x, m.group, t, true),
+            Repacked::Int(m, t) => lut_int_tables(x, m, t, true),
         }
     }
     fn matvec(&self, y: &mut [f32], simd: bool) {
         match self {
             Repacked::Nf3(m, t) => lut_matvec(m, t, y, simd),
-            Repacked::Int2(m, t) => lut_int2_matvec(m, t, y, simd),
+            Repacked::Int(m, t) => lut_int_matvec(m, t, y, simd),
         }
     }
 }
@@ -80,12 +80,13 @@ fn main() {
     let mut rng = Rng(0x1234_5678);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let formats: Vec<QuantFormat> = std::env::var("FORMATS")
-        .unwrap_or_else(|_| "int2,nf3".into())
+        .unwrap_or_else(|_| "int2,int3,nf3".into())
         .split(',')
         .map(|f| match f.trim() {
             "int2" => QuantFormat::Int2,
+            "int3" => QuantFormat::Int3,
             "nf3" => QuantFormat::Nf3,
-            other => panic!("FORMATS: {other} has no table kernel (int2, nf3)"),
+            other => panic!("FORMATS: {other} has no table kernel (int2, int3, nf3)"),
         })
         .collect();
     let shapes: Vec<(usize, usize)> = match std::env::var("SHAPES") {

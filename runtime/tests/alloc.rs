@@ -84,6 +84,7 @@ fn decode_steps_allocate_nothing() {
         (DType::Quant(QuantFormat::Int4), 2, false),
         (DType::Quant(QuantFormat::Int2), 2, true),
         (DType::Quant(QuantFormat::Nf3), 1, true),
+        (DType::Quant(QuantFormat::Int3), 2, true),
     ] {
         report.push((block, threads, tables, allocations_per_run(block, threads, tables)));
     }

@@ -114,13 +114,13 @@ fn quantized_files_match_the_fake_quantized_reference() {
     }
 }
 
-/// The table kernels (`BD_TABLES=1`, NF3 and INT2) serve decode steps on CPUs that have them:
+/// The table kernels (`BD_TABLES=1`, NF3, INT2 and INT3) serve decode steps on CPUs that have them:
 /// same logits as the reference within the quantized tolerance.
 #[test]
 fn table_kernels_decode_like_the_reference() {
     let spec = TinySpec::default();
     let dir = tempfile::tempdir().unwrap();
-    for format in [QuantFormat::Nf3, QuantFormat::Int2] {
+    for format in [QuantFormat::Nf3, QuantFormat::Int2, QuantFormat::Int3] {
         let path = write_model(dir.path(), &format!("{format}.bd2"), &spec, DType::Quant(format), DType::F32, 32);
         let (mut model, reference) = (open(&path), Reference::from_file(&path));
         let kernels = bd_runtime::kernels::Kernels::detect().with_tables(true);

@@ -240,24 +240,24 @@ pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
     }
 }
 
-/// A matrix repacked for a table kernel: NF3 (this module) or INT2 (`lut_int2.rs`).
+/// A matrix repacked for a table kernel: NF3 (this module), INT2 or INT3 (`lut_int.rs`).
 #[derive(Clone, Debug)]
 pub enum Lut {
     Nf3(LutNf3),
-    Int2(super::lut_int2::LutInt2),
+    Int(super::lut_int::LutInt),
 }
 
 impl Lut {
-    /// Whether `p` has a table kernel (NF3 or INT2 with groups of 32 or more).
+    /// Whether `p` has a table kernel (NF3, INT2 or INT3 with groups of 32 or more).
     pub fn supports(p: &PackedMatrix) -> bool {
-        LutNf3::supports(p) || super::lut_int2::LutInt2::supports(p)
+        LutNf3::supports(p) || super::lut_int::LutInt::supports(p)
     }
 
     /// Repack `p` for its table kernel (`None` where [`Lut::supports`] says no).
     pub fn new(p: &PackedMatrix) -> Option<Self> {
         match p.format() {
             QuantFormat::Nf3 => LutNf3::new(p).map(Lut::Nf3),
-            QuantFormat::Int2 => super::lut_int2::LutInt2::new(p).map(Lut::Int2),
+            QuantFormat::Int2 | QuantFormat::Int3 => super::lut_int::LutInt::new(p).map(Lut::Int),
             _ => None,
         }
     }
@@ -266,7 +266,7 @@ impl Lut {
     pub fn bytes(&self) -> usize {
         match self {
             Lut::Nf3(m) => m.bytes(),
-            Lut::Int2(m) => m.bytes(),
+            Lut::Int(m) => m.bytes(),
         }
     }
 
@@ -274,7 +274,7 @@ impl Lut {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Lut::Nf3(m) => (m.rows, m.cols),
-            Lut::Int2(m) => (m.rows, m.cols),
+            Lut::Int(m) => (m.rows, m.cols),
         }
     }
 }

@@ -130,7 +130,7 @@ macro_rules! nf_dispatch {
 mod act;
 mod aligned;
 pub mod lut;
-pub mod lut_int2;
+pub mod lut_int;
 mod nf_int;
 mod reference;
 mod tables;
@@ -139,7 +139,7 @@ mod tests;
 #[cfg(test)]
 mod tests_lut;
 #[cfg(test)]
-mod tests_lut_int2;
+mod tests_lut_int;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -156,7 +156,7 @@ mod avx512_int;
 #[cfg(target_arch = "x86_64")]
 mod avx512_lut;
 #[cfg(target_arch = "x86_64")]
-mod avx512_lut_int2;
+mod avx512_lut_int;
 #[cfg(target_arch = "x86_64")]
 mod avx512_nf;
 #[cfg(target_arch = "x86_64")]
@@ -174,7 +174,7 @@ use act::ActBuf;
 use bd_formats::quant::PackedMatrix;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-pub use tables::{lut_int2_matvec, lut_int2_tables, lut_matvec, lut_tables, tables_setting};
+pub use tables::{lut_int_matvec, lut_int_tables, lut_matvec, lut_tables, tables_setting};
 
 /// A weight matrix `[rows, cols]` as stored in the file (zero copy).
 #[derive(Clone, Copy, Debug)]
@@ -191,8 +191,8 @@ pub struct Weight<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: WeightData<'a>,
-    /// NF3 and INT2 only: the same matrix repacked for its table kernel (`lut.rs`,
-    /// `lut_int2.rs`), which then serves single inputs (decode) where [`Kernels::uses_tables`]
+    /// NF3, INT2 and INT3 only: the same matrix repacked for its table kernel (`lut.rs`,
+    /// `lut_int.rs`), which then serves single inputs (decode) where [`Kernels::uses_tables`]
     /// says so.
     pub lut: Option<&'a lut::Lut>,
 }
@@ -255,7 +255,7 @@ pub struct Scratch {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tables: lut::LutTables,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    tables_int2: lut_int2::Int2Tables,
+    tables_int: lut_int::IntTables,
 }
 
 impl Scratch {
@@ -268,7 +268,7 @@ impl Scratch {
         Self {
             act: ActBuf::new(max_cols, max_batch.max(1)),
             tables: lut::LutTables::new(table_cols),
-            tables_int2: lut_int2::Int2Tables::new(table_cols),
+            tables_int: lut_int::IntTables::new(table_cols),
         }
     }
 }
@@ -290,7 +290,7 @@ pub struct Kernels {
     avxvnni: bool,
     /// Quantize activations of the integer kernels to 8 bits instead of 16 (`act.rs`).
     act8: bool,
-    /// AVX-512 only: NF3 and INT2 single inputs by table lookup (`lut.rs`, `lut_int2.rs`) where
+    /// AVX-512 only: NF3, INT2 and INT3 single inputs by table lookup (`lut.rs`, `lut_int.rs`) where
     /// the weight carries its repacked copy; needs AVX512-VBMI2 (`vpshrdw`).
     tables: bool,
 }
@@ -400,11 +400,11 @@ impl Kernels {
     }
 
     /// The same kernels with or without (the default) the table kernels for single inputs: NF3
-    /// (`lut.rs`) and INT2 (`lut_int2.rs`), AVX-512 with VBMI2 only (elsewhere this stays off).
-    /// Opt-in: they need a repacked copy of every NF3 or INT2 matrix (made at load: the memory of
+    /// (`lut.rs`), INT2 and INT3 (`lut_int.rs`), AVX-512 with VBMI2 only (elsewhere this stays
+    /// off). Opt-in: they need a repacked copy of every such matrix (made at load: the memory of
     /// those weights twice, and more time to load) and their tables keep ~11-12 bits of each
-    /// lookup's contribution (normwise error ~6e-4 for NF3 and ~4e-4 for INT2, against ~1e-4 or
-    /// less for the 16-bit activations and ~4e-3 for the 8-bit ones).
+    /// lookup's contribution (normwise error ~4-6e-4, against ~1e-4 or less for the 16-bit
+    /// activations and ~4e-3 for the 8-bit ones).
     pub fn with_tables(self, tables: bool) -> Self {
         Self { tables: tables && self.isa == Isa::Avx512 && vbmi2_supported(), ..self }
     }

@@ -1,9 +1,9 @@
-//! The table kernels' entry points (`lut.rs` for NF3, `lut_int2.rs` for INT2): the decode step
+//! The table kernels' entry points (`lut.rs` for NF3, `lut_int.rs` for INT2 and INT3): the decode step
 //! `Kernels` runs for a single input, the products and builders the tests and benchmarks call, and
 //! the `BD_TABLES` setting.
 
 use super::lut::{LutNf3, LutTables};
-use super::lut_int2::{Int2Tables, LutInt2};
+use super::lut_int::{IntTables, LutInt};
 #[cfg(target_arch = "x86_64")]
 use super::{
     lut::{Lut, BLOCK},
@@ -29,14 +29,14 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
             let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
             par_rows(m.blocks, BLOCK * cols, 1, 1, f);
         }
-        Lut::Int2(m) => {
-            if scratch.tables_int2.pcols() < cols {
-                scratch.tables_int2 = Int2Tables::new(cols);
+        Lut::Int(m) => {
+            if scratch.tables_int.pcols() < cols {
+                scratch.tables_int = IntTables::new(cols);
             }
-            let t = &mut scratch.tables_int2;
-            unsafe { super::avx512_lut_int2::build(x, m.group, t) };
+            let t = &mut scratch.tables_int;
+            unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
             let t = &*t;
-            let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int2::blocks(m, t, b0, b1, out.at(0)) };
+            let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int::blocks(m, t, b0, b1, out.at(0)) };
             par_rows(m.blocks, BLOCK * cols, 1, 1, f);
         }
     }
@@ -71,33 +71,33 @@ pub fn lut_tables(x: &[f32], t: &mut LutTables, simd: bool) {
     t.build_twin(x);
 }
 
-/// `y = m x` by the INT2 table scheme (`lut_int2.rs`), tables already built in `t`: the AVX-512
+/// `y = m x` by the INT table scheme (`lut_int.rs`), tables already built in `t`: the AVX-512
 /// kernel where the CPU has AVX-512 VBMI2 and `simd`, else the scalar twin.
 #[doc(hidden)]
-pub fn lut_int2_matvec(m: &LutInt2, t: &Int2Tables, y: &mut [f32], simd: bool) {
-    assert_eq!(y.len(), m.rows, "lut_int2_matvec: output length");
+pub fn lut_int_matvec(m: &LutInt, t: &IntTables, y: &mut [f32], simd: bool) {
+    assert_eq!(y.len(), m.rows, "lut_int_matvec: output length");
     #[cfg(target_arch = "x86_64")]
     if simd && Isa::Avx512.supported() && vbmi2_supported() {
-        unsafe { super::avx512_lut_int2::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
+        unsafe { super::avx512_lut_int::blocks(m, t, 0, m.blocks, y.as_mut_ptr()) };
         return;
     }
     let _ = simd;
     for (r, yr) in y.iter_mut().enumerate() {
-        *yr = super::lut_int2::row_twin(m, t, r);
+        *yr = super::lut_int::row_twin(m, t, r);
     }
 }
 
-/// Build the INT2 tables of `x` for groups of `group` columns into `t`: the AVX-512 builder where
+/// Build the tables of `x` for `m` (its width and group size) into `t`: the AVX-512 builder where
 /// the CPU has it and `simd`, else the twin.
 #[doc(hidden)]
-pub fn lut_int2_tables(x: &[f32], group: usize, t: &mut Int2Tables, simd: bool) {
+pub fn lut_int_tables(x: &[f32], m: &LutInt, t: &mut IntTables, simd: bool) {
     #[cfg(target_arch = "x86_64")]
     if simd && Isa::Avx512.supported() {
-        unsafe { super::avx512_lut_int2::build(x, group, t) };
+        unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
         return;
     }
     let _ = simd;
-    t.build_twin(x, group);
+    t.build_twin(x, m.shape, m.group);
 }
 
 /// What the value of the variable `name` (`BD_TABLES`, or its earlier name `BD_NF3_TABLES`)

@@ -137,10 +137,10 @@ fn non_finite_inputs_reach_the_output_as_nan_not_a_panic() {
 pub(super) fn twin_product(lut: &Lut, x: &[f32]) -> Vec<f32> {
     match lut {
         Lut::Nf3(m) => twin_all(m, &tables(x, false)),
-        Lut::Int2(m) => {
-            let mut t = lut_int2::Int2Tables::new(x.len());
-            t.build_twin(x, m.group);
-            (0..m.rows).map(|r| lut_int2::row_twin(m, &t, r)).collect()
+        Lut::Int(m) => {
+            let mut t = lut_int::IntTables::new(x.len());
+            t.build_twin(x, m.shape, m.group);
+            (0..m.rows).map(|r| lut_int::row_twin(m, &t, r)).collect()
         }
     }
 }
@@ -149,7 +149,7 @@ pub(super) fn twin_product(lut: &Lut, x: &[f32]) -> Vec<f32> {
 fn kernels_take_the_table_kernel_for_single_inputs_only() {
     let mut rng = Rng(13);
     let (rows, cols) = (600, 520);
-    for format in [QuantFormat::Nf3, QuantFormat::Int2] {
+    for format in [QuantFormat::Nf3, QuantFormat::Int2, QuantFormat::Int3] {
         let q = Quant::new(format, 128, rows, cols, &rng.weights(rows * cols));
         let WeightData::Quant(p) = q.weight().data else { unreachable!() };
         let lut = Lut::new(&p).unwrap();

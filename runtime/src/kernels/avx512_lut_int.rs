@@ -1,16 +1,17 @@
-//! AVX-512 kernel of the INT2 table scheme (`lut_int2.rs`): per three columns and block of 32
-//! rows, one index register (a shift of the codes), one `vpermi2w` lookup and one 16-bit add.
+//! AVX-512 kernel of the INT2 and INT3 table scheme (`lut_int.rs`): per lookup (three INT2
+//! columns, two INT3 ones) and block of 32 rows, one index register (a shift of the codes), one
+//! `vpermi2w` and one 16-bit add.
 
 // Kernels index several parallel per-block arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
 use super::lut::BLOCK;
-use super::lut_int2::{centred, Int2Tables, LutInt2, CODE_BYTES, ENTRIES, LOOKUPS, PASS_UNITS, SPAN, UNIT};
+use super::lut_int::{IntTables, LutInt, Shape, ENTRIES, PASS_COLS, SPAN};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
-/// Lookup indices of lookup `k` (0-10) of a block's unit at `z` (`lut_int2.rs`, the layout): bits
-/// `6k..6k + 6` (the pair: 60-63) of each row's 64-bit field, in the low bits of its word
+/// Lookup indices of lookup `k` of a block's unit at `z` (`lut_int.rs`, the layout): bits
+/// `6k..6k + 6` of each row's unit field (the INT2 pair: 60-63), in the low bits of its word
 /// (`vpermi2w` ignores the bits above bit 5).
 #[inline(always)]
 unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
@@ -30,33 +31,34 @@ unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
     }
 }
 
-/// `Int2Tables::build_twin` with 16 entries a register: per lookup, a product and an FMA for the
-/// first two codes, then one FMA per value of the third; rounded and narrowed to words. The same
-/// f32 operations as the twin, so the same tables.
+/// `IntTables::build_twin` with 16 entries a register: per lookup, a product for the first code
+/// and an FMA for each further one; rounded and narrowed to words. The same f32 operations as the
+/// twin, so the same tables.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
-pub unsafe fn build(x: &[f32], group: usize, t: &mut Int2Tables) {
-    // Lane i of register v: codes i % 4, i / 4, v.
-    let c1 = _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| centred(i % 4)).as_ptr());
-    let c2 = _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| centred(i / 4)).as_ptr());
-    let c3: [__m512; 4] = from_fn(|v| _mm512_set1_ps(centred(v)));
+pub unsafe fn build(x: &[f32], sh: Shape, group: usize, t: &mut IntTables) {
+    // Lane i of register v holds entry 16v + i; its codes are `sh.code_of(16v + i, j)`.
+    let c: [[__m512; 4]; 3] =
+        from_fn(|j| from_fn(|v| _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| sh.centred(sh.code_of(16 * v + i, j))).as_ptr())));
     let xv = |c: usize| if c < x.len() { *x.get_unchecked(c) } else { 0.0 };
     t.sum_groups(x, group);
     for s in 0..t.spans(x.len()) {
-        let inv = t.scale_span(x, s);
-        for u in s * SPAN / UNIT..(s + 1) * SPAN / UNIT {
-            for k in 0..LOOKUPS {
-                let c = u * UNIT + 3 * k;
-                let x1 = _mm512_set1_ps(xv(c) * inv);
-                let x2 = _mm512_set1_ps(xv(c + 1) * inv);
-                let x3 = _mm512_set1_ps(if k < 10 { xv(c + 2) * inv } else { 0.0 });
-                let base = _mm512_fmadd_ps(x2, c2, _mm512_mul_ps(x1, c1));
-                let out = t.tabs.as_mut_ptr().add((u * LOOKUPS + k) * ENTRIES);
+        let inv = t.scale_span(x, sh, s);
+        for u in s * SPAN / sh.unit..(s + 1) * SPAN / sh.unit {
+            for k in 0..sh.lookups {
+                let mut xs = [_mm512_setzero_ps(); 3];
+                for (j, col) in sh.columns(k).enumerate() {
+                    xs[j] = _mm512_set1_ps(xv(u * sh.unit + col) * inv);
+                }
+                let out = t.tabs.as_mut_ptr().add((u * sh.lookups + k) * ENTRIES);
                 for v in 0..4 {
-                    let e = _mm512_cvtps_epi32(_mm512_fmadd_ps(x3, c3[v], base));
-                    _mm256_storeu_si256(out.add(16 * v) as *mut __m256i, _mm512_cvtepi32_epi16(e));
+                    let mut e = _mm512_mul_ps(xs[0], c[0][v]);
+                    for j in 1..sh.per {
+                        e = _mm512_fmadd_ps(xs[j], c[j][v], e);
+                    }
+                    _mm256_storeu_si256(out.add(16 * v) as *mut __m256i, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(e)));
                 }
             }
         }
@@ -67,20 +69,28 @@ pub unsafe fn build(x: &[f32], group: usize, t: &mut Int2Tables) {
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VBMI2; `y` has room for row `min(b1 * 32, m.rows) - 1`; `t` was built
-/// for an input of `m.cols` values and groups of `m.group`.
+/// for an input of `m.cols` values, `m.shape` and groups of `m.group`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
-pub unsafe fn blocks(m: &LutInt2, t: &Int2Tables, b0: usize, b1: usize, y: *mut f32) {
+pub unsafe fn blocks(m: &LutInt, t: &IntTables, b0: usize, b1: usize, y: *mut f32) {
+    match m.shape.bits {
+        2 => blocks_of::<2>(m, t, b0, b1, y),
+        _ => blocks_of::<3>(m, t, b0, b1, y),
+    }
+}
+
+#[inline(always)]
+unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: &IntTables, b0: usize, b1: usize, y: *mut f32) {
     // Column passes of whole groups, so that one pass's tables stay in L2.
-    let units = m.pcols / UNIT;
-    for u0 in (0..units).step_by(PASS_UNITS) {
-        let u1 = (u0 + PASS_UNITS).min(units);
+    let spans = m.pcols / SPAN;
+    for s0 in (0..spans).step_by(PASS_COLS / SPAN) {
+        let s1 = (s0 + PASS_COLS / SPAN).min(spans);
         let mut b = b0;
         while b + 4 <= b1 {
-            tile::<4>(m, t, b, u0, u1, y);
+            tile::<4, BITS>(m, t, b, s0, s1, y);
             b += 4;
         }
         while b < b1 {
-            tile::<1>(m, t, b, u0, u1, y);
+            tile::<1, BITS>(m, t, b, s0, s1, y);
             b += 1;
         }
     }
@@ -118,37 +128,40 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 // current tile's other blocks, being read anyway) 1.23-1.35x, 4 KiB in the stream 1.10-1.26x.
 
 #[inline(always)]
-unsafe fn tile<const R: usize>(m: &LutInt2, t: &Int2Tables, b: usize, u0: usize, u1: usize, y: *mut f32) {
-    let units = m.pcols / UNIT;
+unsafe fn tile<const R: usize, const BITS: u32>(m: &LutInt, t: &IntTables, b: usize, s0: usize, s1: usize, y: *mut f32) {
+    let sh = Shape::of(BITS);
+    let units = m.pcols / sh.unit;
     let codes = m.codes.as_ptr() as *const u8;
-    let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * units * CODE_BYTES) as *const __m512i);
+    let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * units * sh.code_bytes()) as *const __m512i);
     let tabs = t.tabs.as_ptr() as *const __m512i;
     let scales = m.scales.as_ptr();
-    let (upg, ups) = (m.group / UNIT, SPAN / UNIT);
+    let (spg, ups) = (m.group / SPAN, SPAN / sh.unit);
     // The same place in the next tile's blocks (the next `R` blocks' codes follow these').
-    let ahead = R * units * CODE_BYTES;
+    let ahead = R * units * sh.code_bytes();
     let mut yv = [[_mm512_setzero_ps(); 2]; R];
-    for g in u0 / upg..u1.div_ceil(upg) {
+    for g in s0 / spg..s1.div_ceil(spg) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for s in (g * upg).max(u0) / ups..((g + 1) * upg).min(u1) / ups {
+        for s in g * spg..((g + 1) * spg).min(s1) {
             let mut p = [_mm512_setzero_si512(); R];
             for u in s * ups..(s + 1) * ups {
                 for i in 0..R {
-                    let c = (cb[i].add(u * 4) as *const u8).wrapping_add(ahead);
-                    for l in 0..4 {
+                    let c = (cb[i].add(u * sh.words) as *const u8).wrapping_add(ahead);
+                    for l in 0..sh.words {
                         _mm_prefetch::<_MM_HINT_T2>(c.wrapping_add(64 * l) as *const i8);
                     }
                 }
                 unroll!(k in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10] {
-                    let tp = tabs.add((u * LOOKUPS + k) * 2);
-                    let idx: [__m512i; R] = from_fn(|i| indices(cb[i].add(u * 4), k));
-                    if R == 4 {
-                        let four = &mut *(p.as_mut_ptr() as *mut [__m512i; 4]);
-                        step4(tp, *(idx.as_ptr() as *const [__m512i; 4]), four);
-                    } else {
-                        let (t0, t1) = (_mm512_loadu_si512(tp), _mm512_loadu_si512(tp.add(1)));
-                        for i in 0..R {
-                            p[i] = _mm512_add_epi16(p[i], _mm512_permutex2var_epi16(t0, idx[i], t1));
+                    if k < sh.lookups {
+                        let tp = tabs.add((u * sh.lookups + k) * 2);
+                        let idx: [__m512i; R] = from_fn(|i| indices(cb[i].add(u * sh.words), k));
+                        if R == 4 {
+                            let four = &mut *(p.as_mut_ptr() as *mut [__m512i; 4]);
+                            step4(tp, *(idx.as_ptr() as *const [__m512i; 4]), four);
+                        } else {
+                            let (t0, t1) = (_mm512_loadu_si512(tp), _mm512_loadu_si512(tp.add(1)));
+                            for i in 0..R {
+                                p[i] = _mm512_add_epi16(p[i], _mm512_permutex2var_epi16(t0, idx[i], t1));
+                            }
                         }
                     }
                 });
@@ -179,7 +192,7 @@ unsafe fn tile<const R: usize>(m: &LutInt2, t: &Int2Tables, b: usize, u0: usize,
         for (h, mask) in [(0, lo), (1, hi)] {
             let at = y.add(r0 + 16 * h);
             // The first pass writes the rows; later passes add theirs.
-            let v = if u0 == 0 { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
+            let v = if s0 == 0 { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
             _mm512_mask_storeu_ps(at, mask, v);
         }
     }
