@@ -4,28 +4,11 @@
 // Kernels index several parallel per-block arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
+use super::avx512_lut_int::{indices, store_blocks};
 use super::lut::{LutNf3, LutTables, BLOCK, CODE_BYTES, COL_SEGS, SEG};
 use bd_formats::quant::NF3_LEVELS;
 use std::arch::x86_64::*;
 use std::array::from_fn;
-
-/// Lookup indices of pair `k` (0-7) of a block's 16 columns at `z` (`lut.rs`, the layout): bits
-/// `6k..6k + 6` of each row's 48-bit field, in bits 0-5 of its word (`vpermi2w` ignores the
-/// bits above).
-#[inline(always)]
-unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
-    let w = |i: usize| _mm512_loadu_si512(z.add(i));
-    match k {
-        0 => w(0),
-        1 => _mm512_srli_epi16::<6>(w(0)),
-        2 => _mm512_shrdi_epi16::<12>(w(0), w(1)),
-        3 => _mm512_srli_epi16::<2>(w(1)),
-        4 => _mm512_srli_epi16::<8>(w(1)),
-        5 => _mm512_shrdi_epi16::<14>(w(1), w(2)),
-        6 => _mm512_srli_epi16::<4>(w(2)),
-        _ => _mm512_srli_epi16::<10>(w(2)),
-    }
-}
 
 /// `LutTables::build_twin` with 16 entries a register: per pair of columns, per side, one product
 /// and four FMAs on constant level patterns, rounded and narrowed to words. The same f32
@@ -184,16 +167,5 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, s0: usize, s
             });
         }
     }
-    for i in 0..R {
-        let r0 = (b + i) * BLOCK;
-        let live = m.rows.saturating_sub(r0).min(BLOCK);
-        let lo = ((1u32 << live.min(16)) - 1) as u16;
-        let hi = if live > 16 { ((1u32 << (live - 16)) - 1) as u16 } else { 0 };
-        for (h, mask) in [(0, lo), (1, hi)] {
-            let at = y.add(r0 + 16 * h);
-            // The first pass writes the rows; later passes add theirs.
-            let v = if s0 == 0 { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
-            _mm512_mask_storeu_ps(at, mask, v);
-        }
-    }
+    store_blocks(&yv, b, m.rows, s0 == 0, y);
 }

@@ -12,9 +12,10 @@ use std::array::from_fn;
 
 /// Lookup indices of lookup `k` of a block's unit at `z` (`lut_int.rs`, the layout): bits
 /// `6k..6k + 6` of each row's unit field (the INT2 pair: 60-63), in the low bits of its word
-/// (`vpermi2w` ignores the bits above bit 5).
+/// (`vpermi2w` ignores the bits above bit 5). The NF3 table kernel's pairs of 3-bit codes lie as
+/// INT3's do, and it uses this too (`k` 0-7).
 #[inline(always)]
-unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
+pub(super) unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
     let w = |i: usize| _mm512_loadu_si512(z.add(i));
     match k {
         0 => w(0),
@@ -39,6 +40,17 @@ unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
 /// The CPU has AVX-512 F/BW.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub unsafe fn build(x: &[f32], sh: Shape, group: usize, t: &mut IntTables) {
+    // One body per width, so that the loops over a lookup's codes unroll (the generic loop took
+    // ~1.5x as long).
+    match sh.bits {
+        2 => build_of::<2>(x, group, t),
+        _ => build_of::<3>(x, group, t),
+    }
+}
+
+#[inline(always)]
+unsafe fn build_of<const BITS: u32>(x: &[f32], group: usize, t: &mut IntTables) {
+    let sh = Shape::of(BITS);
     // Lane i of register v holds entry 16v + i; its codes are `sh.code_of(16v + i, j)`.
     let c: [[__m512; 4]; 3] =
         from_fn(|j| from_fn(|v| _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| sh.centred(sh.code_of(16 * v + i, j))).as_ptr())));
@@ -184,15 +196,21 @@ unsafe fn tile<const R: usize, const BITS: u32>(m: &LutInt, t: &IntTables, b: us
             });
         }
     }
+    store_blocks(&yv, b, m.rows, s0 == 0, y);
+}
+
+/// Write (`first`, the first column pass) or add (later passes) the sums `yv` of blocks `b..b + R`
+/// into `y`, leaving the rows from `rows` on alone. Shared with the NF3 table kernel.
+#[inline(always)]
+pub(super) unsafe fn store_blocks<const R: usize>(yv: &[[__m512; 2]; R], b: usize, rows: usize, first: bool, y: *mut f32) {
     for i in 0..R {
         let r0 = (b + i) * BLOCK;
-        let live = m.rows.saturating_sub(r0).min(BLOCK);
+        let live = rows.saturating_sub(r0).min(BLOCK);
         let lo = ((1u32 << live.min(16)) - 1) as u16;
         let hi = if live > 16 { ((1u32 << (live - 16)) - 1) as u16 } else { 0 };
         for (h, mask) in [(0, lo), (1, hi)] {
             let at = y.add(r0 + 16 * h);
-            // The first pass writes the rows; later passes add theirs.
-            let v = if s0 == 0 { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
+            let v = if first { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
             _mm512_mask_storeu_ps(at, mask, v);
         }
     }

@@ -273,13 +273,17 @@ impl IntTables {
 
     /// Set span `s`'s scale `d_s` from `x` and return `1 / d_s`: 0 for an all-zero span, and for
     /// one with a NaN or infinite value, whose scale is NaN so that every output it reaches is NaN.
+    #[inline]
     pub(crate) fn scale_span(&mut self, x: &[f32], sh: Shape, s: usize) -> f32 {
         let xv = |c: usize| if c < x.len() { x[c].abs() } else { 0.0 };
-        let sums = (s * SPAN / sh.unit..(s + 1) * SPAN / sh.unit).flat_map(|u| {
-            (0..sh.lookups).map(move |k| sh.mid * sh.columns(k).map(|c| xv(u * sh.unit + c)).fold(0.0f32, |a, v| a + v))
-        });
-        // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
-        let m = sums.fold(0.0f32, |m, v| if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) });
+        let mut m = 0.0f32;
+        for u in s * SPAN / sh.unit..(s + 1) * SPAN / sh.unit {
+            for k in 0..sh.lookups {
+                let v = sh.mid * sh.columns(k).fold(0.0f32, |a, c| a + xv(u * sh.unit + c));
+                // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
+                m = if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) };
+            }
+        }
         let (d, inv) = match m {
             _ if m.is_nan() => (f32::NAN, 0.0),
             _ if m > 1e-30 => (m / sh.emax, sh.emax / m),
