@@ -404,7 +404,9 @@ impl Kernels {
     /// off). Opt-in: they need a repacked copy of every such matrix (made at load: the memory of
     /// those weights twice, and more time to load) and their tables keep ~11-12 bits of each
     /// lookup's contribution (normwise error ~4-6e-4, against ~1e-4 or less for the 16-bit
-    /// activations and ~4e-3 for the 8-bit ones).
+    /// activations and ~4e-3 for the 8-bit ones). They pay where the default kernel computes
+    /// slower than memory (NF3, INT2); a 7B INT3 model, whose default kernel keeps up with DRAM,
+    /// decoded ~20% slower with them on 2 threads (docs/BENCHMARKS.md).
     pub fn with_tables(self, tables: bool) -> Self {
         Self { tables: tables && self.isa == Isa::Avx512 && vbmi2_supported(), ..self }
     }
