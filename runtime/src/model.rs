@@ -39,8 +39,9 @@ pub(crate) struct Layer {
 
 pub struct Model {
     file: Bd2File,
-    /// Per tensor of the file, the NF3 table kernel's repacked copy (`kernels::lut`), made at load
-    /// where this CPU's kernels use it (decode); prefill keeps reading the file's layout.
+    /// Per tensor of the file, its table kernel's repacked copy (`kernels::lut`, NF3; `lut_int`,
+    /// INT2 and INT3), made at load where this CPU's kernels use it (decode); prefill keeps reading
+    /// the file's layout.
     luts: Vec<Option<Lut>>,
     pub(crate) layers: Vec<Layer>,
     pub(crate) embed: MatrixRef,
@@ -108,7 +109,7 @@ impl Model {
         Ok(model)
     }
 
-    /// Make (or drop) the NF3 table kernel's repacked copies for `kernels` (see
+    /// Make (or drop) the table kernels' repacked copies for `kernels` (see
     /// [`Kernels::with_tables`]): `open` does this for [`Kernels::detect`]; a program that runs
     /// sessions with other kernels calls it again.
     pub fn repack_for(&mut self, kernels: &Kernels) {

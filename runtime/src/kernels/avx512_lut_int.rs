@@ -40,17 +40,6 @@ pub(super) unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
 /// The CPU has AVX-512 F/BW.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub unsafe fn build(x: &[f32], sh: Shape, group: usize, t: &mut IntTables) {
-    // One body per width, so that the loops over a lookup's codes unroll (the generic loop took
-    // ~1.5x as long).
-    match sh.bits {
-        2 => build_of::<2>(x, group, t),
-        _ => build_of::<3>(x, group, t),
-    }
-}
-
-#[inline(always)]
-unsafe fn build_of<const BITS: u32>(x: &[f32], group: usize, t: &mut IntTables) {
-    let sh = Shape::of(BITS);
     // Lane i of register v holds entry 16v + i; its codes are `sh.code_of(16v + i, j)`.
     let c: [[__m512; 4]; 3] =
         from_fn(|j| from_fn(|v| _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| sh.centred(sh.code_of(16 * v + i, j))).as_ptr())));
@@ -108,9 +97,9 @@ unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: &IntTables, b0: usize, b1: u
     }
 }
 
-/// One lookup for 4 blocks: the table at `tp` loaded once, 4 lookups, 4 adds. In `asm!` so that
-/// LLVM keeps the loads beside their use instead of hoisting a unit's 22 table registers (as it
-/// did for the NF3 kernel, which then spilled).
+/// One lookup for 4 blocks: the table at `tp` loaded once, 4 lookups, 4 adds. In `asm!` as in the
+/// NF3 table kernel, where LLVM otherwise hoisted a code group's table registers and spilled
+/// (measured there, not here).
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
@@ -136,7 +125,7 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 // tile's first 4 KiB a block unfetched. From DRAM (`kernel_compare --kernels
 // int2_g128_lut,int2_g128_a8 --where dram --threads 1,2`, Zen 4, two alternations) the table
 // kernel took 0.99-1.10x the 8-bit kernel's time at 1 thread with it, 1.08-1.16x without. Two
-// more alternations (23:30 UTC): one tile ahead 0.99-1.14x, two tiles 1.04-1.18x, half a tile (the
+// more alternations (23:25 UTC): one tile ahead 0.99-1.14x, two tiles 1.04-1.18x, half a tile (the
 // current tile's other blocks, being read anyway) 1.23-1.35x, 4 KiB in the stream 1.10-1.26x.
 
 #[inline(always)]

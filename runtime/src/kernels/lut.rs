@@ -28,9 +28,8 @@
 //! of the 16 columns is bits `6k..6k + 6` of `F_r`: a shift or a funnel shift of one or two words.
 //! Scales: per block and group, the 32 rows' `pos` then their `neg`, as f16.
 
-use super::reference::decode_chunk;
-use bd_formats::quant::{GroupParams, PackedMatrix, QuantFormat, CHUNK, NF3_LEVELS};
-use rayon::prelude::*;
+use super::lut_int::{repack, Shape};
+use bd_formats::quant::{GroupParams, PackedMatrix, QuantFormat, NF3_LEVELS};
 
 /// Rows per block: the word lanes of a 512-bit register.
 pub const BLOCK: usize = 32;
@@ -74,8 +73,7 @@ impl LutNf3 {
         p.format() == QuantFormat::Nf3 && p.layout.group >= SEG && p.layout.group.is_multiple_of(SEG)
     }
 
-    /// Repack `p` (`None` where [`LutNf3::supports`] says no). Blocks in parallel on the current
-    /// rayon pool; each row's chunks are unpacked once.
+    /// Repack `p` (`None` where [`LutNf3::supports`] says no), by `lut_int::repack`.
     pub fn new(p: &PackedMatrix) -> Option<Self> {
         if !Self::supports(p) {
             return None;
@@ -84,43 +82,11 @@ impl LutNf3 {
         let (rows, cols, group, groups) = (l.rows, l.cols, l.group, l.groups);
         let pcols = cols.div_ceil(SEG) * SEG;
         let blocks = rows.div_ceil(BLOCK);
-        let n16 = pcols / 16;
-        let mut codes = vec![0u16; blocks * n16 * 3 * BLOCK];
-        let mut scales = vec![0u16; blocks * groups * 2 * BLOCK];
-        let cb = l.row_code_bytes / (l.padded_cols() / CHUNK);
-        codes.par_chunks_mut(n16 * 3 * BLOCK).zip(scales.par_chunks_mut(groups * 2 * BLOCK)).enumerate().for_each(
-            |(b, (codes, scales))| {
-                let mut q = vec![ZERO_CODE; n16 * 16];
-                let mut chunk = [0u8; CHUNK];
-                for lane in 0..BLOCK {
-                    let r = b * BLOCK + lane;
-                    if r < rows {
-                        let rc = p.row_codes(r);
-                        for cc in 0..l.padded_cols() / CHUNK {
-                            decode_chunk(QuantFormat::Nf3, &rc[cc * cb..][..cb], &mut chunk);
-                            let n = CHUNK.min(cols - (cc * CHUNK).min(cols));
-                            q[cc * CHUNK..][..n].copy_from_slice(&chunk[..n]);
-                        }
-                    } else {
-                        q.fill(ZERO_CODE);
-                    }
-                    for j16 in 0..n16 {
-                        let f = q[j16 * 16..][..16].iter().enumerate().fold(0u64, |f, (j, &c)| f | (c as u64) << (3 * j));
-                        for i in 0..3 {
-                            codes[(j16 * 3 + i) * BLOCK + lane] = (f >> (16 * i)) as u16;
-                        }
-                    }
-                    for g in 0..groups {
-                        let (pos, neg) = match (r < rows).then(|| p.params(r, g)) {
-                            Some(GroupParams::Nf { pos, neg }) => (pos.to_bits(), neg.to_bits()),
-                            _ => (0, 0),
-                        };
-                        scales[g * 2 * BLOCK + lane] = pos;
-                        scales[g * 2 * BLOCK + BLOCK + lane] = neg;
-                    }
-                }
-            },
-        );
+        // NF3's pairs of 3-bit codes lie as INT3's do; padding holds the code of level 0.
+        let (codes, scales) = repack(p, Shape::INT3, ZERO_CODE, |r, g| match p.params(r, g) {
+            GroupParams::Nf { pos, neg } => (pos.to_bits(), neg.to_bits()),
+            GroupParams::Int { .. } => unreachable!("NF3 has NF parameters"),
+        });
         Some(Self { rows, cols, group, groups, pcols, blocks, codes, scales })
     }
 

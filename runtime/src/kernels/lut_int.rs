@@ -141,50 +141,11 @@ impl LutInt {
         let (rows, cols, group, groups) = (l.rows, l.cols, l.group, l.groups);
         let pcols = cols.div_ceil(SPAN) * SPAN;
         let blocks = rows.div_ceil(BLOCK);
-        let units = pcols / sh.unit;
-        let mut codes = vec![0u16; blocks * units * sh.words * BLOCK];
-        let mut scales = vec![0u16; blocks * groups * 2 * BLOCK];
-        let cb = l.row_code_bytes / (l.padded_cols() / CHUNK);
-        let per_block = units * sh.words * BLOCK;
-        codes.par_chunks_mut(per_block).zip(scales.par_chunks_mut(groups * 2 * BLOCK)).enumerate().for_each(
-            |(b, (codes, scales))| {
-                let mut q = vec![0u8; pcols.max(l.padded_cols())];
-                let mut chunk = [0u8; CHUNK];
-                for lane in 0..BLOCK {
-                    let r = b * BLOCK + lane;
-                    if r >= rows {
-                        // Padding rows: zero codes and zero scales (left as allocated).
-                        continue;
-                    }
-                    let rc = p.row_codes(r);
-                    for cc in 0..l.padded_cols() / CHUNK {
-                        decode_chunk(p.format(), &rc[cc * cb..][..cb], &mut chunk);
-                        q[cc * CHUNK..][..CHUNK].copy_from_slice(&chunk);
-                    }
-                    // Columns past the matrix meet zero inputs; clear them for a tidy layout.
-                    q[cols..].fill(0);
-                    for u in 0..units {
-                        let qs = &q[u * sh.unit..][..sh.unit];
-                        let f = (0..sh.lookups).fold(0u64, |f, k| {
-                            let i =
-                                sh.columns(k).enumerate().fold(0u64, |i, (j, c)| i | (qs[c] as u64) << (sh.bits as usize * j));
-                            f | i << sh.field(k).0
-                        });
-                        for i in 0..sh.words {
-                            codes[(u * sh.words + i) * BLOCK + lane] = (f >> (16 * i)) as u16;
-                        }
-                    }
-                    for g in 0..groups {
-                        let GroupParams::Int { scale, zero } = p.params(r, g) else {
-                            unreachable!("INT formats have integer parameters")
-                        };
-                        scales[g * 2 * BLOCK + lane] = scale.to_bits();
-                        // Exact in f16 for any 8-bit zero point.
-                        scales[g * 2 * BLOCK + BLOCK + lane] = half::f16::from_f32(sh.mid - zero as f32).to_bits();
-                    }
-                }
-            },
-        );
+        let (codes, scales) = repack(p, sh, 0, |r, g| {
+            let GroupParams::Int { scale, zero } = p.params(r, g) else { unreachable!("INT formats have integer parameters") };
+            // Exact in f16 for any 8-bit zero point.
+            (scale.to_bits(), half::f16::from_f32(sh.mid - zero as f32).to_bits())
+        });
         Some(Self { shape: sh, rows, cols, group, groups, pcols, blocks, codes, scales })
     }
 
@@ -212,6 +173,59 @@ impl LutInt {
         let (u, j) = (c / sh.unit, c % sh.unit);
         sh.code_of(self.index(r, u, j / sh.per), j % sh.per) as u8
     }
+}
+
+/// Repack `p` into blocks of 32 rows for a table kernel (this module's layout, which NF3's
+/// (`lut.rs`) shares with `Shape::INT3`): per block and unit of `sh.unit` columns, `sh.words` words
+/// a row with lookup `k`'s index at `sh.field(k)`, codes past the matrix and in padding rows being
+/// `pad`; per block and group, the 32 rows' two f16 parameters `params(r, g)`, zero for padding
+/// rows. Blocks in parallel on the current rayon pool; each row's chunks are unpacked once.
+pub(super) fn repack(
+    p: &PackedMatrix,
+    sh: Shape,
+    pad: u8,
+    params: impl Fn(usize, usize) -> (u16, u16) + Sync,
+) -> (Vec<u16>, Vec<u16>) {
+    let l = &p.layout;
+    let (rows, cols, groups) = (l.rows, l.cols, l.groups);
+    let units = cols.div_ceil(SPAN) * SPAN / sh.unit;
+    let blocks = rows.div_ceil(BLOCK);
+    let mut codes = vec![0u16; blocks * units * sh.words * BLOCK];
+    let mut scales = vec![0u16; blocks * groups * 2 * BLOCK];
+    let cb = l.row_code_bytes / (l.padded_cols() / CHUNK);
+    codes.par_chunks_mut(units * sh.words * BLOCK).zip(scales.par_chunks_mut(groups * 2 * BLOCK)).enumerate().for_each(
+        |(b, (codes, scales))| {
+            let mut q = vec![pad; l.padded_cols()];
+            let mut chunk = [0u8; CHUNK];
+            for lane in 0..BLOCK {
+                let r = b * BLOCK + lane;
+                if r < rows {
+                    let rc = p.row_codes(r);
+                    for cc in 0..l.padded_cols() / CHUNK {
+                        decode_chunk(p.format(), &rc[cc * cb..][..cb], &mut chunk);
+                        q[cc * CHUNK..][..CHUNK].copy_from_slice(&chunk);
+                    }
+                    q[cols..].fill(pad);
+                    for g in 0..groups {
+                        let (a, c) = params(r, g);
+                        scales[g * 2 * BLOCK + lane] = a;
+                        scales[g * 2 * BLOCK + BLOCK + lane] = c;
+                    }
+                } else {
+                    q.fill(pad);
+                }
+                for u in 0..units {
+                    // Lookup `k` takes `per` codes of `bits` at bit `6k = bits * per * k`, so a
+                    // unit's field is simply its codes in order, `bits` each.
+                    let f = q[u * sh.unit..][..sh.unit].iter().rev().fold(0u64, |f, &c| f << sh.bits | c as u64);
+                    for i in 0..sh.words {
+                        codes[(u * sh.words + i) * BLOCK + lane] = (f >> (16 * i)) as u16;
+                    }
+                }
+            }
+        },
+    );
+    (codes, scales)
 }
 
 /// The activation tables of one input: per unit, its lookups' 64 words; per span its scale `d_s`;
