@@ -42,10 +42,12 @@ const STEPS: usize = 64;
 
 /// Allocations during `STEPS` decode steps (each sampling the next token with top-k/top-p/min-p and a
 /// repetition penalty) after a warm-up, run on the session's own pool thread as a real loop would.
-/// `tables`: with the table kernels (`BD_TABLES=1`), where the CPU has them.
+/// `tables`: with the table kernels (`BD_TABLES=1`), where the CPU has them, on a model wide
+/// enough that their products split across threads (into partial sums the session holds).
 fn allocations_per_run(block: DType, threads: usize, tables: bool) -> usize {
     let dir = tempfile::tempdir().unwrap();
-    let path = common::write_model(dir.path(), "m.bd2", &TinySpec::default(), block, DType::F32, 32);
+    let spec = if tables { TinySpec { hidden: 256, intermediate: 512, ..TinySpec::default() } } else { TinySpec::default() };
+    let path = common::write_model(dir.path(), "m.bd2", &spec, block, DType::F32, 32);
     let mut model = Model::open(&path, ReadOptions::default()).unwrap();
     let kernels = Kernels::detect().with_tables(tables);
     model.repack_for(&kernels);

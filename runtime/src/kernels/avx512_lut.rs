@@ -5,7 +5,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::avx512_lut_int::{indices, store_blocks};
-use super::lut::{LutNf3, LutTables, BLOCK, CODE_BYTES, COL_SEGS, SEG};
+use super::lut::{segment_scale, LutNf3, LutTables, TablesRaw, BLOCK, CODE_BYTES, COL_SEGS, SEG};
 use bd_formats::quant::NF3_LEVELS;
 use std::arch::x86_64::*;
 use std::array::from_fn;
@@ -18,6 +18,17 @@ use std::array::from_fn;
 /// The CPU has AVX-512 F/BW.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub unsafe fn build(x: &[f32], t: &mut LutTables) {
+    let segs = t.segs(x.len());
+    build_segs(x, t.raw(), 0, segs);
+}
+
+/// [`build`] for segments `s0..s1` only: a thread's share of the columns.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW; `t` points at tables for at least `s1` segments that no other thread
+/// touches in these segments.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+pub(super) unsafe fn build_segs(x: &[f32], t: TablesRaw, s0: usize, s1: usize) {
     // Lane i of register v of a side's 64 entries: first code i % 8, second code 2v + i / 8.
     let side = |pos: bool, q: usize| if (pos && q >= 4) || (!pos && q <= 2) { NF3_LEVELS[q] } else { 0.0 };
     let mut a = [_mm512_setzero_ps(); 2];
@@ -31,13 +42,14 @@ pub unsafe fn build(x: &[f32], t: &mut LutTables) {
         }
     }
     let xv = |c: usize| if c < x.len() { *x.get_unchecked(c) } else { 0.0 };
-    for s in 0..t.segs(x.len()) {
-        let inv = t.scale_segment(x, s);
+    for s in s0..s1 {
+        let (d, inv) = segment_scale(x, s);
+        *t.d.add(s) = d;
         for k in 0..SEG / 2 {
             let c = s * SEG + 2 * k;
             let x1 = _mm512_set1_ps(xv(c) * inv);
             let x2 = _mm512_set1_ps(xv(c + 1) * inv);
-            let out = t.tabs.as_mut_ptr().add(c / 2 * 128);
+            let out = t.tabs.add(c / 2 * 128);
             for sd in 0..2 {
                 let base = _mm512_mul_ps(x1, a[sd]);
                 for v in 0..4 {
@@ -55,17 +67,27 @@ pub unsafe fn build(x: &[f32], t: &mut LutTables) {
 /// The CPU has AVX-512 F/BW/VBMI2; `y` has room for row `min(b1 * 32, m.rows) - 1`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
 pub unsafe fn blocks(m: &LutNf3, t: &LutTables, b0: usize, b1: usize, y: *mut f32) {
+    blocks_segs(m, t.view(), b0, b1, 0, m.pcols / SEG, y)
+}
+
+/// [`blocks`] over segments `c0..c1` only (a thread's share of the columns): `y` gets that part of
+/// each row's sum.
+///
+/// # Safety
+/// As [`blocks`], with `t` built at least for segments `c0..c1`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
+pub(super) unsafe fn blocks_segs(m: &LutNf3, t: TablesRaw, b0: usize, b1: usize, c0: usize, c1: usize, y: *mut f32) {
     // Column passes of `COL_SEGS` segments, so that one pass's tables stay in L2.
-    let segs = m.pcols / SEG;
-    for s0 in (0..segs).step_by(COL_SEGS) {
-        let s1 = (s0 + COL_SEGS).min(segs);
+    for s0 in (c0..c1).step_by(COL_SEGS) {
+        let s1 = (s0 + COL_SEGS).min(c1);
+        let first = s0 == c0;
         let mut b = b0;
         while b + 4 <= b1 {
-            tile::<4>(m, t, b, s0, s1, y);
+            tile::<4>(m, t, b, s0, s1, first, y);
             b += 4;
         }
         while b < b1 {
-            tile::<1>(m, t, b, s0, s1, y);
+            tile::<1>(m, t, b, s0, s1, first, y);
             b += 1;
         }
     }
@@ -114,11 +136,11 @@ unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n:
 const PREFETCH: usize = 4096;
 
 #[inline(always)]
-unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, s0: usize, s1: usize, y: *mut f32) {
+unsafe fn tile<const R: usize>(m: &LutNf3, t: TablesRaw, b: usize, s0: usize, s1: usize, first: bool, y: *mut f32) {
     let n16 = m.pcols / 16;
     let codes = m.codes.as_ptr() as *const u8;
     let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * n16 * CODE_BYTES) as *const __m512i);
-    let tabs = t.tabs.as_ptr() as *const __m512i;
+    let tabs = t.tabs as *const __m512i;
     let scales = m.scales.as_ptr();
     let spg = m.group / SEG;
     let mut yv = [[_mm512_setzero_ps(); 2]; R];
@@ -153,7 +175,7 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, s0: usize, s
                 }
             });
         });
-        let d = _mm512_set1_ps(*t.d.get_unchecked(s));
+        let d = _mm512_set1_ps(*t.d.add(s));
         let g = s / spg;
         for i in 0..R {
             let sc = scales.add(((b + i) * m.groups + g) * 2 * BLOCK);
@@ -167,5 +189,5 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: &LutTables, b: usize, s0: usize, s
             });
         }
     }
-    store_blocks(&yv, b, m.rows, s0 == 0, y);
+    store_blocks(&yv, b, m.rows, first, y);
 }

@@ -6,7 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::lut::BLOCK;
-use super::lut_int::{IntTables, LutInt, Shape, ENTRIES, PASS_COLS, SPAN};
+use super::lut_int::{group_sum, span_scale, IntTables, IntTablesRaw, LutInt, Shape, ENTRIES, PASS_COLS, SPAN};
 use std::arch::x86_64::*;
 use std::array::from_fn;
 
@@ -40,20 +40,36 @@ pub(super) unsafe fn indices(z: *const __m512i, k: usize) -> __m512i {
 /// The CPU has AVX-512 F/BW.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub unsafe fn build(x: &[f32], sh: Shape, group: usize, t: &mut IntTables) {
+    assert!(group >= SPAN && group.is_multiple_of(SPAN), "groups of {group} columns for the INT tables");
+    let spans = t.spans(x.len());
+    build_spans(x, sh, group, t.raw(), 0, spans);
+}
+
+/// [`build`] for spans `s0..s1` only, with their groups' sums: a thread's share of the columns.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW; `t` points at tables for at least `s1` spans of `sh` (groups of
+/// `group`, a multiple of `SPAN`) that no other thread touches in these spans; `s0` starts a group.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
+pub(super) unsafe fn build_spans(x: &[f32], sh: Shape, group: usize, t: IntTablesRaw, s0: usize, s1: usize) {
     // Lane i of register v holds entry 16v + i; its codes are `sh.code_of(16v + i, j)`.
     let c: [[__m512; 4]; 3] =
         from_fn(|j| from_fn(|v| _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| sh.centred(sh.code_of(16 * v + i, j))).as_ptr())));
     let xv = |c: usize| if c < x.len() { *x.get_unchecked(c) } else { 0.0 };
-    t.sum_groups(x, group);
-    for s in 0..t.spans(x.len()) {
-        let inv = t.scale_span(x, sh, s);
+    let spg = group / SPAN;
+    for g in s0 / spg..s1.div_ceil(spg).min(x.len().div_ceil(group)) {
+        *t.xsum.add(g) = group_sum(x, group, g);
+    }
+    for s in s0..s1 {
+        let (d, inv) = span_scale(x, sh, s);
+        *t.d.add(s) = d;
         for u in s * SPAN / sh.unit..(s + 1) * SPAN / sh.unit {
             for k in 0..sh.lookups {
                 let mut xs = [_mm512_setzero_ps(); 3];
                 for (j, col) in sh.columns(k).enumerate() {
                     xs[j] = _mm512_set1_ps(xv(u * sh.unit + col) * inv);
                 }
-                let out = t.tabs.as_mut_ptr().add((u * sh.lookups + k) * ENTRIES);
+                let out = t.tabs.add((u * sh.lookups + k) * ENTRIES);
                 for v in 0..4 {
                     let mut e = _mm512_mul_ps(xs[0], c[0][v]);
                     for j in 1..sh.per {
@@ -73,25 +89,35 @@ pub unsafe fn build(x: &[f32], sh: Shape, group: usize, t: &mut IntTables) {
 /// for an input of `m.cols` values, `m.shape` and groups of `m.group`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
 pub unsafe fn blocks(m: &LutInt, t: &IntTables, b0: usize, b1: usize, y: *mut f32) {
+    blocks_spans(m, t.view(), b0, b1, 0, m.pcols / SPAN, y)
+}
+
+/// [`blocks`] over spans `c0..c1` only (a thread's share of the columns): `y` gets that part of
+/// each row's sum.
+///
+/// # Safety
+/// As [`blocks`], with `t` built at least for spans `c0..c1`; `c0` starts a group.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
+pub(super) unsafe fn blocks_spans(m: &LutInt, t: IntTablesRaw, b0: usize, b1: usize, c0: usize, c1: usize, y: *mut f32) {
     match m.shape.bits {
-        2 => blocks_of::<2>(m, t, b0, b1, y),
-        _ => blocks_of::<3>(m, t, b0, b1, y),
+        2 => blocks_of::<2>(m, t, b0, b1, c0, c1, y),
+        _ => blocks_of::<3>(m, t, b0, b1, c0, c1, y),
     }
 }
 
 #[inline(always)]
-unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: &IntTables, b0: usize, b1: usize, y: *mut f32) {
+unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: IntTablesRaw, b0: usize, b1: usize, c0: usize, c1: usize, y: *mut f32) {
     // Column passes of whole groups, so that one pass's tables stay in L2.
-    let spans = m.pcols / SPAN;
-    for s0 in (0..spans).step_by(PASS_COLS / SPAN) {
-        let s1 = (s0 + PASS_COLS / SPAN).min(spans);
+    for s0 in (c0..c1).step_by(PASS_COLS / SPAN) {
+        let s1 = (s0 + PASS_COLS / SPAN).min(c1);
+        let first = s0 == c0;
         let mut b = b0;
         while b + 4 <= b1 {
-            tile::<4, BITS>(m, t, b, s0, s1, y);
+            tile::<4, BITS>(m, t, b, s0, s1, first, y);
             b += 4;
         }
         while b < b1 {
-            tile::<1, BITS>(m, t, b, s0, s1, y);
+            tile::<1, BITS>(m, t, b, s0, s1, first, y);
             b += 1;
         }
     }
@@ -129,12 +155,20 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 // current tile's other blocks, being read anyway) 1.23-1.35x, 4 KiB in the stream 1.10-1.26x.
 
 #[inline(always)]
-unsafe fn tile<const R: usize, const BITS: u32>(m: &LutInt, t: &IntTables, b: usize, s0: usize, s1: usize, y: *mut f32) {
+unsafe fn tile<const R: usize, const BITS: u32>(
+    m: &LutInt,
+    t: IntTablesRaw,
+    b: usize,
+    s0: usize,
+    s1: usize,
+    first: bool,
+    y: *mut f32,
+) {
     let sh = Shape::of(BITS);
     let units = m.pcols / sh.unit;
     let codes = m.codes.as_ptr() as *const u8;
     let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * units * sh.code_bytes()) as *const __m512i);
-    let tabs = t.tabs.as_ptr() as *const __m512i;
+    let tabs = t.tabs as *const __m512i;
     let scales = m.scales.as_ptr();
     let (spg, ups) = (m.group / SPAN, SPAN / sh.unit);
     // The same place in the next tile's blocks (the next `R` blocks' codes follow these').
@@ -167,7 +201,7 @@ unsafe fn tile<const R: usize, const BITS: u32>(m: &LutInt, t: &IntTables, b: us
                     }
                 });
             }
-            let d = _mm512_set1_ps(*t.d.get_unchecked(s));
+            let d = _mm512_set1_ps(*t.d.add(s));
             for i in 0..R {
                 unroll!(h in [0, 1] {
                     let pw = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<{ h as i32 }>(p[i]));
@@ -175,7 +209,7 @@ unsafe fn tile<const R: usize, const BITS: u32>(m: &LutInt, t: &IntTables, b: us
                 });
             }
         }
-        let xs = _mm512_set1_ps(*t.xsum.get_unchecked(g));
+        let xs = _mm512_set1_ps(*t.xsum.add(g));
         for i in 0..R {
             let sc = scales.add(((b + i) * m.groups + g) * 2 * BLOCK);
             unroll!(h in [0, 1] {
@@ -185,7 +219,7 @@ unsafe fn tile<const R: usize, const BITS: u32>(m: &LutInt, t: &IntTables, b: us
             });
         }
     }
-    store_blocks(&yv, b, m.rows, s0 == 0, y);
+    store_blocks(&yv, b, m.rows, first, y);
 }
 
 /// Write (`first`, the first column pass) or add (later passes) the sums `yv` of blocks `b..b + R`

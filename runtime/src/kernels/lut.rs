@@ -143,21 +143,51 @@ impl LutTables {
         }
     }
 
-    /// Set segment `s`'s scale `d_s` from `x` and return `1 / d_s`: 0 for an all-zero segment,
-    /// which then has all-zero tables, and for one with a NaN or infinite value, whose scale is
-    /// NaN so that every output it reaches is NaN.
+    /// Set segment `s`'s scale `d_s` from `x` ([`segment_scale`]) and return `1 / d_s`.
     pub(crate) fn scale_segment(&mut self, x: &[f32], s: usize) -> f32 {
-        let xv = |c: usize| if c < x.len() { x[c] } else { 0.0 };
-        let sums = (0..SEG / 2).map(|k| xv(s * SEG + 2 * k).abs() + xv(s * SEG + 2 * k + 1).abs());
-        // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
-        let m = sums.fold(0.0f32, |m, v| if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) });
-        let (d, inv) = match m {
-            _ if m.is_nan() => (f32::NAN, 0.0),
-            _ if m > 1e-30 => (m / EMAX, EMAX / m),
-            _ => (0.0, 0.0),
-        };
+        let (d, inv) = segment_scale(x, s);
         self.d[s] = d;
         inv
+    }
+
+    /// Raw pointers to the tables, for builders and kernels that split the columns across threads
+    /// (each thread writing, then reading, only its own segments).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn raw(&mut self) -> TablesRaw {
+        TablesRaw { tabs: self.tabs.as_mut_ptr(), d: self.d.as_mut_ptr() }
+    }
+
+    /// Read-only raw pointers (the kernels' view of tables built before them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn view(&self) -> TablesRaw {
+        TablesRaw { tabs: self.tabs.as_ptr() as *mut i16, d: self.d.as_ptr() as *mut f32 }
+    }
+}
+
+/// [`LutTables`] as raw pointers (see [`LutTables::raw`]).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct TablesRaw {
+    pub tabs: *mut i16,
+    pub d: *mut f32,
+}
+
+// Shared across the pool's threads, which touch disjoint segments (`LutTables::raw`).
+unsafe impl Send for TablesRaw {}
+unsafe impl Sync for TablesRaw {}
+
+/// Segment `s`'s scale `d_s` from `x` and `1 / d_s`: 0 for an all-zero segment, which then has
+/// all-zero tables, and for one with a NaN or infinite value, whose scale is NaN so that every
+/// output it reaches is NaN.
+pub(crate) fn segment_scale(x: &[f32], s: usize) -> (f32, f32) {
+    let xv = |c: usize| if c < x.len() { x[c] } else { 0.0 };
+    let sums = (0..SEG / 2).map(|k| xv(s * SEG + 2 * k).abs() + xv(s * SEG + 2 * k + 1).abs());
+    // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
+    let m = sums.fold(0.0f32, |m, v| if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) });
+    match m {
+        _ if m.is_nan() => (f32::NAN, 0.0),
+        _ if m > 1e-30 => (m / EMAX, EMAX / m),
+        _ => (0.0, 0.0),
     }
 }
 
@@ -176,12 +206,28 @@ pub fn entries(x1: f32, x2: f32, t: &mut [i16]) {
 /// the SIMD kernel (exact integer segment sums, then the same f32 operations in the same order:
 /// a partial sum per column pass of `COL_SEGS` segments, the passes added in order).
 pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
+    row_twin_parts(m, t, r, 1)
+}
+
+/// [`row_twin`] as the table product splits its columns into `parts` ([`column_part`]): each
+/// part's sum as above over its own segments, the parts added in order.
+pub fn row_twin_parts(m: &LutNf3, t: &LutTables, r: usize, parts: usize) -> f32 {
+    let mut y = 0.0f32;
+    for j in 0..parts {
+        let (c0, c1) = column_part(m.pcols / SEG, m.group / SEG, parts, j);
+        let part = twin_segs(m, t, r, c0, c1);
+        y = if j == 0 { part } else { y + part };
+    }
+    y
+}
+
+fn twin_segs(m: &LutNf3, t: &LutTables, r: usize, c0: usize, c1: usize) -> f32 {
     let (b, lane) = (r / BLOCK, r % BLOCK);
     let mut y = 0.0f32;
     let mut part = 0.0f32;
-    for s in 0..m.pcols / SEG {
-        if s > 0 && s.is_multiple_of(COL_SEGS) {
-            y = if s == COL_SEGS { part } else { y + part };
+    for s in c0..c1 {
+        if s > c0 && (s - c0).is_multiple_of(COL_SEGS) {
+            y = if s - c0 == COL_SEGS { part } else { y + part };
             part = 0.0;
         }
         let g = s * SEG / m.group;
@@ -199,11 +245,20 @@ pub fn row_twin(m: &LutNf3, t: &LutTables, r: usize) -> f32 {
         part = (p as f32).mul_add(pos * t.d[s], part);
         part = (n as f32).mul_add(neg * t.d[s], part);
     }
-    if m.pcols / SEG <= COL_SEGS {
+    if c1 - c0 <= COL_SEGS {
         part
     } else {
         y + part
     }
+}
+
+/// Part `j` of `parts` of `units` column units (spans or segments), `per_group` to a group: the
+/// units of groups `groups * j / parts` up to `groups * (j + 1) / parts` (whole groups, so that a
+/// part's sums start and end on its own groups). The table products split their columns so across
+/// threads (`tables.rs`).
+pub fn column_part(units: usize, per_group: usize, parts: usize, j: usize) -> (usize, usize) {
+    let groups = units.div_ceil(per_group);
+    (groups * j / parts * per_group, (groups * (j + 1) / parts * per_group).min(units))
 }
 
 /// A matrix repacked for a table kernel: NF3 (this module), INT2 or INT3 (`lut_int.rs`).

@@ -256,12 +256,11 @@ impl IntTables {
         cols.div_ceil(SPAN)
     }
 
-    /// Set the group sums of `x` for groups of `group` columns (sequential f32 sums; a NaN or
-    /// infinite input makes its group's sum so, and that reaches every output).
+    /// Set the group sums of `x` for groups of `group` columns ([`group_sum`]).
     pub(crate) fn sum_groups(&mut self, x: &[f32], group: usize) {
         assert!(group >= SPAN, "groups of {group} columns for the INT tables");
-        for (g, s) in x.chunks(group).zip(self.xsum.iter_mut()) {
-            *s = g.iter().fold(0.0f32, |a, &v| a + v);
+        for g in 0..x.len().div_ceil(group) {
+            self.xsum[g] = group_sum(x, group, g);
         }
     }
 
@@ -285,26 +284,66 @@ impl IntTables {
         }
     }
 
-    /// Set span `s`'s scale `d_s` from `x` and return `1 / d_s`: 0 for an all-zero span, and for
-    /// one with a NaN or infinite value, whose scale is NaN so that every output it reaches is NaN.
+    /// Set span `s`'s scale `d_s` from `x` ([`span_scale`]) and return `1 / d_s`.
     #[inline]
     pub(crate) fn scale_span(&mut self, x: &[f32], sh: Shape, s: usize) -> f32 {
-        let xv = |c: usize| if c < x.len() { x[c].abs() } else { 0.0 };
-        let mut m = 0.0f32;
-        for u in s * SPAN / sh.unit..(s + 1) * SPAN / sh.unit {
-            for k in 0..sh.lookups {
-                let v = sh.mid * sh.columns(k).fold(0.0f32, |a, c| a + xv(u * sh.unit + c));
-                // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
-                m = if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) };
-            }
-        }
-        let (d, inv) = match m {
-            _ if m.is_nan() => (f32::NAN, 0.0),
-            _ if m > 1e-30 => (m / sh.emax, sh.emax / m),
-            _ => (0.0, 0.0),
-        };
+        let (d, inv) = span_scale(x, sh, s);
         self.d[s] = d;
         inv
+    }
+
+    /// Raw pointers to the tables, for builders and kernels that split the columns across threads
+    /// (each thread writing, then reading, only its own spans: disjoint parts no `&mut` to the
+    /// whole could hand out).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn raw(&mut self) -> IntTablesRaw {
+        IntTablesRaw { tabs: self.tabs.as_mut_ptr(), d: self.d.as_mut_ptr(), xsum: self.xsum.as_mut_ptr() }
+    }
+
+    /// Read-only raw pointers (the kernels' view of tables built before them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn view(&self) -> IntTablesRaw {
+        IntTablesRaw { tabs: self.tabs.as_ptr() as *mut i16, d: self.d.as_ptr() as *mut f32, xsum: self.xsum.as_ptr() as *mut f32 }
+    }
+}
+
+/// [`IntTables`] as raw pointers (see [`IntTables::raw`]).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct IntTablesRaw {
+    pub tabs: *mut i16,
+    pub d: *mut f32,
+    pub xsum: *mut f32,
+}
+
+// Shared across the pool's threads, which touch disjoint spans (`IntTables::raw`).
+unsafe impl Send for IntTablesRaw {}
+unsafe impl Sync for IntTablesRaw {}
+
+/// The sum of group `g` of `x` (sequential f32 sums; a NaN or infinite input makes its group's sum
+/// so, and that reaches every output).
+#[inline]
+pub(crate) fn group_sum(x: &[f32], group: usize, g: usize) -> f32 {
+    x[g * group..((g + 1) * group).min(x.len())].iter().fold(0.0f32, |a, &v| a + v)
+}
+
+/// Span `s`'s scale `d_s` from `x` and `1 / d_s`: 0 for an all-zero span, and for one with a NaN or
+/// infinite value, whose scale is NaN so that every output it reaches is NaN.
+#[inline]
+pub(crate) fn span_scale(x: &[f32], sh: Shape, s: usize) -> (f32, f32) {
+    let xv = |c: usize| if c < x.len() { x[c].abs() } else { 0.0 };
+    let mut m = 0.0f32;
+    for u in s * SPAN / sh.unit..(s + 1) * SPAN / sh.unit {
+        for k in 0..sh.lookups {
+            let v = sh.mid * sh.columns(k).fold(0.0f32, |a, c| a + xv(u * sh.unit + c));
+            // `f32::max` skips NaN; a NaN or infinite input must reach the output instead.
+            m = if m.is_nan() || !v.is_finite() { f32::NAN } else { m.max(v) };
+        }
+    }
+    match m {
+        _ if m.is_nan() => (f32::NAN, 0.0),
+        _ if m > 1e-30 => (m / sh.emax, sh.emax / m),
+        _ => (0.0, 0.0),
     }
 }
 
@@ -326,12 +365,28 @@ pub fn entries(sh: Shape, xs: [f32; 3], t: &mut [i16]) {
 /// `y += s (u + (m - z) X_g)` by FMAs; per column pass of `PASS_COLS` columns a partial sum, the
 /// passes added in order).
 pub fn row_twin(m: &LutInt, t: &IntTables, r: usize) -> f32 {
-    let (b, lane, sh) = (r / BLOCK, r % BLOCK, m.shape);
+    row_twin_parts(m, t, r, 1)
+}
+
+/// [`row_twin`] as the table product splits its columns into `parts` (`lut::column_part`): each
+/// part's sum as above over its own spans, the parts added in order.
+pub fn row_twin_parts(m: &LutInt, t: &IntTables, r: usize, parts: usize) -> f32 {
     let spans = m.pcols / SPAN;
+    let mut y = 0.0f32;
+    for j in 0..parts {
+        let (c0, c1) = super::lut::column_part(spans, m.group / SPAN, parts, j);
+        let part = twin_spans(m, t, r, c0, c1);
+        y = if j == 0 { part } else { y + part };
+    }
+    y
+}
+
+fn twin_spans(m: &LutInt, t: &IntTables, r: usize, c0: usize, c1: usize) -> f32 {
+    let (b, lane, sh) = (r / BLOCK, r % BLOCK, m.shape);
     let (spg, spp) = (m.group / SPAN, PASS_COLS / SPAN);
     let mut y = 0.0f32;
-    for (pass, s0) in (0..spans).step_by(spp).enumerate() {
-        let s1 = (s0 + spp).min(spans);
+    for (pass, s0) in (c0..c1).step_by(spp).enumerate() {
+        let s1 = (s0 + spp).min(c1);
         let mut part = 0.0f32;
         for g in s0 / spg..s1.div_ceil(spg) {
             let mut acc = 0.0f32;

@@ -256,6 +256,9 @@ pub struct Scratch {
     tables: lut::LutTables,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     tables_int: lut_int::IntTables,
+    /// The table kernels' partial sums of column parts after the first (`tables.rs`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    partials: Vec<f32>,
 }
 
 impl Scratch {
@@ -269,7 +272,31 @@ impl Scratch {
             act: ActBuf::new(max_cols, max_batch.max(1)),
             tables: lut::LutTables::new(table_cols),
             tables_int: lut_int::IntTables::new(table_cols),
+            partials: Vec::new(),
         }
+    }
+
+    /// Make room for the table kernels' partial sums of `rows` outputs for column parts after the
+    /// first of products split across `threads` threads (a session does this when it starts, so
+    /// that no decode step allocates).
+    pub fn reserve_partials(&mut self, threads: usize, rows: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if vbmi2_supported() && threads <= tables::MAX_PARTS {
+            let n = threads.saturating_sub(1) * rows;
+            if self.partials.len() < n {
+                self.partials = vec![0.0; n];
+            }
+        }
+        let _ = (threads, rows);
+    }
+
+    /// `n` partial sums of `rows` outputs each (grown once if the session did not reserve them).
+    #[cfg(target_arch = "x86_64")]
+    fn partials(&mut self, n: usize, rows: usize) -> OutPtr {
+        if self.partials.len() < n * rows {
+            self.partials = vec![0.0; n * rows];
+        }
+        OutPtr(self.partials.as_mut_ptr())
     }
 }
 

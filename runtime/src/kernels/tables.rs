@@ -9,10 +9,18 @@ use super::{
     lut::{Lut, BLOCK},
     par_rows, vbmi2_supported, Isa, OutPtr, Scratch,
 };
+#[cfg(target_arch = "x86_64")]
+use super::{
+    lut::{column_part, SEG},
+    lut_int::SPAN,
+};
+#[cfg(target_arch = "x86_64")]
+use rayon::prelude::*;
 
 /// `y = W x` for a single input by the table kernel of `lut` (the caller checked the CPU and the
-/// shapes): build the input's tables in the session's scratch, then split the blocks of 32 rows
-/// across the pool.
+/// shapes), its tables in the session's scratch. On a pool of 2 to `MAX_PARTS` threads the columns
+/// are split ([`column_parts`]); otherwise the tables are built first and the blocks of 32 rows
+/// split across the pool.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
     let cols = x.len();
@@ -23,21 +31,98 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
                 // A wider input than the session was made for: grow once.
                 scratch.tables = LutTables::new(cols);
             }
-            let t = &mut scratch.tables;
-            unsafe { super::avx512_lut::build(x, t) };
-            let t = &*t;
-            let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
-            par_rows(m.blocks, BLOCK * cols, 1, 1, f);
+            let parts = column_parts(m.rows * cols, m.pcols / m.group);
+            if parts <= 1 {
+                let t = &mut scratch.tables;
+                unsafe { super::avx512_lut::build(x, t) };
+                let t = &*t;
+                let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
+                par_rows(m.blocks, BLOCK * cols, 1, 1, f);
+                return;
+            }
+            // Columns split in whole groups: each part builds the tables of its own columns and
+            // runs every row over them, into `y` (part 0) or a partial sum added at the end.
+            let (rows, segs) = (m.rows, m.pcols / SEG);
+            let partial = scratch.partials(parts - 1, rows);
+            assert!(scratch.tables.segs(cols) == segs, "tables for {cols} columns");
+            let t = scratch.tables.raw();
+            (0..parts).into_par_iter().for_each(|j| {
+                let (c0, c1) = column_part(segs, m.group / SEG, parts, j);
+                let y = if j == 0 { out.at(0) } else { partial.at((j - 1) * rows) };
+                unsafe {
+                    super::avx512_lut::build_segs(x, t, c0, c1);
+                    super::avx512_lut::blocks_segs(m, t, 0, m.blocks, c0, c1, y);
+                }
+            });
+            add_partials(out, partial, parts - 1, rows);
         }
         Lut::Int(m) => {
             if scratch.tables_int.pcols() < cols {
                 scratch.tables_int = IntTables::new(cols);
             }
-            let t = &mut scratch.tables_int;
-            unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
-            let t = &*t;
-            let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int::blocks(m, t, b0, b1, out.at(0)) };
-            par_rows(m.blocks, BLOCK * cols, 1, 1, f);
+            let parts = column_parts(m.rows * cols, m.pcols / m.group);
+            if parts <= 1 {
+                let t = &mut scratch.tables_int;
+                unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
+                let t = &*t;
+                let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int::blocks(m, t, b0, b1, out.at(0)) };
+                par_rows(m.blocks, BLOCK * cols, 1, 1, f);
+                return;
+            }
+            // As for NF3 above.
+            let (rows, spans) = (m.rows, m.pcols / SPAN);
+            let partial = scratch.partials(parts - 1, rows);
+            assert!(scratch.tables_int.spans(cols) == spans, "tables for {cols} columns");
+            let t = scratch.tables_int.raw();
+            (0..parts).into_par_iter().for_each(|j| {
+                let (c0, c1) = column_part(spans, m.group / SPAN, parts, j);
+                let y = if j == 0 { out.at(0) } else { partial.at((j - 1) * rows) };
+                unsafe {
+                    super::avx512_lut_int::build_spans(x, m.shape, m.group, t, c0, c1);
+                    super::avx512_lut_int::blocks_spans(m, t, 0, m.blocks, c0, c1, y);
+                }
+            });
+            add_partials(out, partial, parts - 1, rows);
+        }
+    }
+}
+
+/// How many column parts a table product of `work` weights over `groups` groups is split into
+/// on the current pool: one per thread, each of at least `MIN_PART_GROUPS` groups, or 1 (no
+/// split) where the product is too small to share or the pool has more than `MAX_PARTS` threads.
+///
+/// Why columns and not rows as the other kernels: each part builds the tables of its own columns
+/// and reads them from its own core's L2, where a split by rows waits for one thread to build all
+/// of them and then moves them to the other cores (Zen 4, 2 threads, 4096² in cache: 20-30% of the
+/// product's time, `BENCHMARKS.md`).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn column_parts(work: usize, groups: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || threads > MAX_PARTS || work < super::SERIAL_WORK {
+        return 1;
+    }
+    threads.min(groups / MIN_PART_GROUPS).max(1)
+}
+
+/// Most column parts (threads) a table product is split into. Past it the pool splits rows as
+/// the other kernels do: every part reads all rows, and the partial sums added at the end on one
+/// thread grow with the parts (this machine, with 2 cores, measured only 2).
+#[cfg(target_arch = "x86_64")]
+pub(super) const MAX_PARTS: usize = 4;
+
+/// Fewest groups a column part takes.
+#[cfg(target_arch = "x86_64")]
+const MIN_PART_GROUPS: usize = 2;
+
+/// `y += p_0 + p_1 + ...`, the partial sums of parts 1.. (in order, so results do not depend on
+/// which thread finished first).
+#[cfg(target_arch = "x86_64")]
+fn add_partials(y: OutPtr, partial: OutPtr, n: usize, rows: usize) {
+    let y = unsafe { std::slice::from_raw_parts_mut(y.at(0), rows) };
+    for j in 0..n {
+        let p = unsafe { std::slice::from_raw_parts(partial.at(j * rows), rows) };
+        for (a, b) in y.iter_mut().zip(p) {
+            *a += b;
         }
     }
 }

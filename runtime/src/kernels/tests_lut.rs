@@ -133,15 +133,37 @@ fn non_finite_inputs_reach_the_output_as_nan_not_a_panic() {
     }
 }
 
-/// The scalar twin's product of a repacked matrix and `x`.
-pub(super) fn twin_product(lut: &Lut, x: &[f32]) -> Vec<f32> {
+/// The scalar twin's product of a repacked matrix and `x`, its columns split into `parts` as the
+/// table product splits them across threads.
+pub(super) fn twin_product(lut: &Lut, x: &[f32], parts: usize) -> Vec<f32> {
     match lut {
-        Lut::Nf3(m) => twin_all(m, &tables(x, false)),
+        Lut::Nf3(m) => {
+            let t = tables(x, false);
+            (0..m.rows).map(|r| super::lut::row_twin_parts(m, &t, r, parts)).collect()
+        }
         Lut::Int(m) => {
             let mut t = lut_int::IntTables::new(x.len());
             t.build_twin(x, m.shape, m.group);
-            (0..m.rows).map(|r| lut_int::row_twin(m, &t, r)).collect()
+            (0..m.rows).map(|r| lut_int::row_twin_parts(m, &t, r, parts)).collect()
         }
+    }
+}
+
+/// Column parts the table product of `lut` takes on the current pool (1 off x86-64).
+fn parts_of(lut: &Lut) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (rows, cols) = lut.shape();
+        let group = match lut {
+            Lut::Nf3(m) => m.group,
+            Lut::Int(m) => m.group,
+        };
+        tables::column_parts(rows * cols, cols.div_ceil(32) * 32 / group)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = lut;
+        1
     }
 }
 
@@ -155,7 +177,6 @@ fn kernels_take_the_table_kernel_for_single_inputs_only() {
         let lut = Lut::new(&p).unwrap();
         let w = Weight { lut: Some(&lut), ..q.weight() };
         let x = rng.acts(3 * cols);
-        let want = twin_product(&lut, &x[..cols]);
         for k in Kernels::available().into_iter().map(|i| Kernels::with_isa(i).with_tables(true)) {
             let uses = k.uses_tables(&w);
             assert!(!Kernels::with_isa(k.isa()).uses_tables(&w), "off unless asked for");
@@ -165,10 +186,11 @@ fn kernels_take_the_table_kernel_for_single_inputs_only() {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut scratch = Scratch::new(16, 3);
                 let (mut y1, mut y3) = (vec![f32::NAN; rows], vec![f32::NAN; 3 * rows]);
-                pool.install(|| {
+                let want = pool.install(|| {
                     // A scratch made for narrower inputs grows once.
                     k.matvec(&w, &x[..cols], &mut y1, &mut scratch);
                     k.matmul(&w, &x, 3, &mut y3, &mut scratch);
+                    twin_product(&lut, &x[..cols], parts_of(&lut))
                 });
                 let plain = {
                     let mut y = vec![0f32; rows];
@@ -185,4 +207,75 @@ fn kernels_take_the_table_kernel_for_single_inputs_only() {
             }
         }
     }
+}
+
+/// Split across a pool's threads by columns (`tables::column_parts`), a table product equals the
+/// scalar twin of the same split bit for bit: parts of whole groups, several column passes in a
+/// part, partial groups, blocks and last parts; and a NaN in any part reaches every output.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn table_products_split_by_columns_equal_the_twin_of_the_split() {
+    if !(Isa::Avx512.supported() && vbmi2_supported()) {
+        return;
+    }
+    let mut rng = Rng(15);
+    let k = Kernels::with_isa(Isa::Avx512).with_tables(true);
+    for format in [QuantFormat::Nf3, QuantFormat::Int2, QuantFormat::Int3] {
+        for (rows, cols, group) in [(200, 4500, 128), (70, 9000, 256), (333, 1000, 32), (64, 1280, 64)] {
+            let q = Quant::new(format, group, rows, cols, &rng.weights(rows * cols));
+            let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+            let lut = Lut::new(&p).unwrap();
+            let w = Weight { lut: Some(&lut), ..q.weight() };
+            let x = rng.acts(cols);
+            let mut split = 0;
+            for threads in 1..=5 {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut scratch = Scratch::new(cols, 1);
+                let mut y = vec![f32::NAN; rows];
+                let mut bad = x.clone();
+                bad[cols - 1] = f32::NAN;
+                let (parts, want) = pool.install(|| {
+                    // After a product whose partial sums were NaN, so that one left behind shows.
+                    k.matvec(&w, &bad, &mut y, &mut scratch);
+                    k.matvec(&w, &x, &mut y, &mut scratch);
+                    let parts = parts_of(&lut);
+                    (parts, twin_product(&lut, &x, parts))
+                });
+                let expect = if threads <= tables::MAX_PARTS { threads } else { 1 };
+                assert_eq!(parts, expect, "{format} {rows}x{cols}: parts on {threads} threads");
+                split = split.max(parts);
+                for r in 0..rows {
+                    assert_eq!(y[r].to_bits(), want[r].to_bits(), "{format} {rows}x{cols} g{group}, {threads} threads: row {r}");
+                }
+                pool.install(|| k.matvec(&w, &bad, &mut y, &mut scratch));
+                assert!(y.iter().all(|v| v.is_nan()), "{format} {rows}x{cols}, {threads} threads: a NaN in the last part");
+            }
+            assert!(split > 1, "some pool split the product");
+        }
+    }
+}
+
+/// A session reserves the partial sums of split table products (`Scratch::reserve_partials`), so
+/// that its first decode step does not allocate them.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn reserved_partial_sums_are_not_grown() {
+    if !(Isa::Avx512.supported() && vbmi2_supported()) {
+        return;
+    }
+    let mut rng = Rng(16);
+    let (rows, cols) = (300, 1024);
+    let q = Quant::new(QuantFormat::Int2, 128, rows, cols, &rng.weights(rows * cols));
+    let WeightData::Quant(p) = q.weight().data else { unreachable!() };
+    let lut = Lut::new(&p).unwrap();
+    let w = Weight { lut: Some(&lut), ..q.weight() };
+    let k = Kernels::with_isa(Isa::Avx512).with_tables(true);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let mut scratch = Scratch::new(cols, 1);
+    scratch.reserve_partials(2, rows);
+    let (at, len) = (scratch.partials.as_ptr(), scratch.partials.len());
+    assert_eq!(len, rows);
+    let mut y = vec![0f32; rows];
+    pool.install(|| k.matvec(&w, &rng.acts(cols), &mut y, &mut scratch));
+    assert_eq!((at, len), (scratch.partials.as_ptr(), scratch.partials.len()));
 }
