@@ -303,7 +303,11 @@ impl IntTables {
     /// Read-only raw pointers (the kernels' view of tables built before them).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn view(&self) -> IntTablesRaw {
-        IntTablesRaw { tabs: self.tabs.as_ptr() as *mut i16, d: self.d.as_ptr() as *mut f32, xsum: self.xsum.as_ptr() as *mut f32 }
+        IntTablesRaw {
+            tabs: self.tabs.as_ptr() as *mut i16,
+            d: self.d.as_ptr() as *mut f32,
+            xsum: self.xsum.as_ptr() as *mut f32,
+        }
     }
 }
 

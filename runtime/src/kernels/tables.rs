@@ -6,13 +6,13 @@ use super::lut::{LutNf3, LutTables};
 use super::lut_int::{IntTables, LutInt};
 #[cfg(target_arch = "x86_64")]
 use super::{
-    lut::{Lut, BLOCK},
-    par_rows, vbmi2_supported, Isa, OutPtr, Scratch,
+    lut::{column_part, SEG},
+    lut_int::SPAN,
 };
 #[cfg(target_arch = "x86_64")]
 use super::{
-    lut::{column_part, SEG},
-    lut_int::SPAN,
+    lut::{Lut, BLOCK},
+    par_rows, vbmi2_supported, Isa, OutPtr, Scratch,
 };
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
@@ -65,7 +65,8 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
                 let t = &mut scratch.tables_int;
                 unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
                 let t = &*t;
-                let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int::blocks(m, t, b0, b1, out.at(0)) };
+                let f =
+                    |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int::blocks(m, t, b0, b1, out.at(0)) };
                 par_rows(m.blocks, BLOCK * cols, 1, 1, f);
                 return;
             }
