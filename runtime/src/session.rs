@@ -144,6 +144,12 @@ impl<'m> Session<'m> {
         self.threads
     }
 
+    /// Room held for the table kernels' partial sums, in outputs (tests).
+    #[doc(hidden)]
+    pub fn reserved_partials(&self) -> usize {
+        self.scratch.reserved_partials()
+    }
+
     /// Positions this session holds.
     pub fn ctx(&self) -> usize {
         self.ctx

@@ -53,6 +53,13 @@ fn allocations_per_run(block: DType, threads: usize, tables: bool) -> usize {
     model.repack_for(&kernels);
     let prompt = Tokenizer::from_model(&model).unwrap().encode("the end", true).unwrap();
     let mut session = Session::with_kernels(&model, 128, threads, kernels).unwrap();
+    if kernels.tables() {
+        // Reserved when the session starts, not grown by its first decode step (which the
+        // warm-up below would hide).
+        let c = model.config();
+        let rows = c.hidden_size.max(c.intermediate_size).max(c.vocab_size);
+        assert!(session.reserved_partials() >= (threads - 1) * rows, "partial sums reserved: {}", session.reserved_partials());
+    }
     let cfg = SamplerConfig { temperature: 0.9, repeat_penalty: 1.1, seed: 3, ..SamplerConfig::default() };
     let mut sampler = Sampler::new(cfg, model.config().vocab_size).unwrap();
     session.with_pool(|s| {

@@ -52,6 +52,7 @@ pub unsafe fn build(x: &[f32], sh: Shape, group: usize, t: &mut IntTables) {
 /// `group`, a multiple of `SPAN`) that no other thread touches in these spans; `s0` starts a group.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw")]
 pub(super) unsafe fn build_spans(x: &[f32], sh: Shape, group: usize, t: IntTablesRaw, s0: usize, s1: usize) {
+    assert!(s0.is_multiple_of(group / SPAN), "tables built from span {s0}, inside a group of {group}");
     // Lane i of register v holds entry 16v + i; its codes are `sh.code_of(16v + i, j)`.
     let c: [[__m512; 4]; 3] =
         from_fn(|j| from_fn(|v| _mm512_loadu_ps(from_fn::<f32, 16, _>(|i| sh.centred(sh.code_of(16 * v + i, j))).as_ptr())));
@@ -99,6 +100,8 @@ pub unsafe fn blocks(m: &LutInt, t: &IntTables, b0: usize, b1: usize, y: *mut f3
 /// As [`blocks`], with `t` built at least for spans `c0..c1`; `c0` starts a group.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
 pub(super) unsafe fn blocks_spans(m: &LutInt, t: IntTablesRaw, b0: usize, b1: usize, c0: usize, c1: usize, y: *mut f32) {
+    // A tile's group loop starts at its pass's group: a pass must not start inside one.
+    assert!(c0.is_multiple_of(m.group / SPAN), "columns from span {c0}, inside a group of {}", m.group);
     match m.shape.bits {
         2 => blocks_of::<2>(m, t, b0, b1, c0, c1, y),
         _ => blocks_of::<3>(m, t, b0, b1, c0, c1, y),
@@ -222,7 +225,7 @@ unsafe fn tile<const R: usize, const BITS: u32>(
     store_blocks(&yv, b, m.rows, first, y);
 }
 
-/// Write (`first`, the first column pass) or add (later passes) the sums `yv` of blocks `b..b + R`
+/// Write (`first`, the first column pass of the product or of its part) or add (later passes) the sums `yv` of blocks `b..b + R`
 /// into `y`, leaving the rows from `rows` on alone. Shared with the NF3 table kernel.
 #[inline(always)]
 pub(super) unsafe fn store_blocks<const R: usize>(yv: &[[__m512; 2]; R], b: usize, rows: usize, first: bool, y: *mut f32) {
@@ -232,7 +235,8 @@ pub(super) unsafe fn store_blocks<const R: usize>(yv: &[[__m512; 2]; R], b: usiz
         let lo = ((1u32 << live.min(16)) - 1) as u16;
         let hi = if live > 16 { ((1u32 << (live - 16)) - 1) as u16 } else { 0 };
         for (h, mask) in [(0, lo), (1, hi)] {
-            let at = y.add(r0 + 16 * h);
+            // Wrapping: past the last row only masked-off lanes are addressed.
+            let at = y.wrapping_add(r0 + 16 * h);
             let v = if first { yv[i][h] } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), yv[i][h]) };
             _mm512_mask_storeu_ps(at, mask, v);
         }

@@ -38,7 +38,8 @@ pub const SEG: usize = 32;
 /// Largest table entry: 16 of them (a segment's pairs) sum without overflow in 16 bits.
 pub const EMAX: f32 = 2047.0;
 /// Segments per column pass (2048 columns): a pass's tables (256 KiB) stay in L2 while every block
-/// of rows reads them; a row's result is the sum of its passes' partial sums.
+/// of rows reads them; a row's result is the sum of its passes' partial sums (and, split across
+/// threads, of its column parts', `column_part`).
 pub const COL_SEGS: usize = 64;
 /// Bytes of codes per block and 16 columns.
 pub const CODE_BYTES: usize = 3 * 64;

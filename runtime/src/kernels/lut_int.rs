@@ -36,8 +36,8 @@ use rayon::prelude::*;
 
 /// Columns per table scale (and per exact 16-bit sum): a multiple of both units.
 pub const SPAN: usize = 32;
-/// Units per column pass (2048 columns, whole groups of any size): a pass's tables (88 KiB for
-/// INT2, 128 KiB for INT3) stay in L2 while every block of rows reads them.
+/// Columns per column pass (whole groups of every group size the format allows, 16-256): a pass's
+/// tables (88 KiB for INT2, 128 KiB for INT3) stay in L2 while every block of rows reads them.
 pub const PASS_COLS: usize = 2048;
 /// Words of one lookup's table.
 pub const ENTRIES: usize = 64;
@@ -128,6 +128,7 @@ impl LutInt {
         matches!(p.format(), QuantFormat::Int2 | QuantFormat::Int3)
             && p.layout.group >= SPAN
             && p.layout.group.is_multiple_of(SPAN)
+            && PASS_COLS.is_multiple_of(p.layout.group)
     }
 
     /// Repack `p` (`None` where [`LutInt::supports`] says no). Blocks in parallel on the current

@@ -290,6 +290,11 @@ impl Scratch {
         let _ = (threads, rows);
     }
 
+    /// Outputs' room for the table kernels' partial sums (tests).
+    pub(crate) fn reserved_partials(&self) -> usize {
+        self.partials.len()
+    }
+
     /// `n` partial sums of `rows` outputs each (grown once if the session did not reserve them).
     #[cfg(target_arch = "x86_64")]
     fn partials(&mut self, n: usize, rows: usize) -> OutPtr {

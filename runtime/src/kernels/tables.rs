@@ -24,7 +24,6 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
     let cols = x.len();
-    // Each "row" of the split is a block of 32 rows.
     match lut {
         Lut::Nf3(m) => {
             if scratch.tables.pcols() < cols {
@@ -36,6 +35,7 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
                 let t = &mut scratch.tables;
                 unsafe { super::avx512_lut::build(x, t) };
                 let t = &*t;
+                // Each "row" of the split is a block of 32 rows.
                 let f = |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut::blocks(m, t, b0, b1, out.at(0)) };
                 par_rows(m.blocks, BLOCK * cols, 1, 1, f);
                 return;
@@ -65,6 +65,7 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
                 let t = &mut scratch.tables_int;
                 unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
                 let t = &*t;
+                // Each "row" of the split is a block of 32 rows.
                 let f =
                     |b0: usize, b1: usize, _: usize, _: usize| unsafe { super::avx512_lut_int::blocks(m, t, b0, b1, out.at(0)) };
                 par_rows(m.blocks, BLOCK * cols, 1, 1, f);

@@ -279,3 +279,22 @@ fn reserved_partial_sums_are_not_grown() {
     pool.install(|| k.matvec(&w, &rng.acts(cols), &mut y, &mut scratch));
     assert_eq!((at, len), (scratch.partials.as_ptr(), scratch.partials.len()));
 }
+
+/// Column parts cover the units once, in order, each starting on a group and none empty while
+/// there are at least as many groups as parts.
+#[test]
+fn column_parts_are_whole_groups() {
+    for (units, per_group) in [(128usize, 4usize), (344, 4), (17, 4), (100, 1), (40, 8), (5, 8)] {
+        let groups = units.div_ceil(per_group);
+        for parts in 1..=groups.min(6) {
+            let mut next = 0;
+            for j in 0..parts {
+                let (c0, c1) = super::lut::column_part(units, per_group, parts, j);
+                assert_eq!(c0, next, "{units}/{per_group} in {parts}: part {j} starts where the last ended");
+                assert!(c0 % per_group == 0 && c1 > c0, "{units}/{per_group} in {parts}: part {j} = {c0}..{c1}");
+                next = c1;
+            }
+            assert_eq!(next, units, "{units}/{per_group} in {parts}: all units");
+        }
+    }
+}
