@@ -114,13 +114,25 @@ unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: IntTablesRaw, b0: usize, b1:
     for s0 in (c0..c1).step_by(PASS_COLS / SPAN) {
         let s1 = (s0 + PASS_COLS / SPAN).min(c1);
         let first = s0 == c0;
+        let sh = Shape::of(BITS);
+        let block_bytes = (m.pcols / sh.unit * sh.code_bytes()) as isize;
+        // Where a tile's prefetches go, relative to its own codes: the same place in the next
+        // tile's blocks; from the pass's last tile, the first tile of the next pass (which would
+        // otherwise start cold).
+        let ahead = |b: usize, r: usize| {
+            if b + r < b1 {
+                r as isize * block_bytes
+            } else {
+                (b0 as isize - b as isize) * block_bytes + ((s1 - s0) * SPAN / sh.unit * sh.code_bytes()) as isize
+            }
+        };
         let mut b = b0;
         while b + 4 <= b1 {
-            tile::<4, BITS>(m, t, b, s0, s1, first, y);
+            tile::<4, BITS>(m, t, b, s0, s1, first, ahead(b, 4), y);
             b += 4;
         }
         while b < b1 {
-            tile::<1, BITS>(m, t, b, s0, s1, first, y);
+            tile::<1, BITS>(m, t, b, s0, s1, first, ahead(b, 1), y);
             b += 1;
         }
     }
@@ -156,8 +168,12 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 // kernel took 0.99-1.10x the 8-bit kernel's time at 1 thread with it, 1.08-1.16x without. Two
 // more alternations (23:25 UTC): one tile ahead 0.99-1.14x, two tiles 1.04-1.18x, half a tile (the
 // current tile's other blocks, being read anyway) 1.23-1.35x, 4 KiB in the stream 1.10-1.26x.
+// From the last tile of a column pass the prefetches go to the next pass's first tile, which
+// otherwise started cold (once a pass, so more often the wider the input): int3 at 4096×11008 from
+// DRAM on 1 thread 0.0226-0.0238 against 0.0257-0.0280 ns/weight, alternated three times.
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const BITS: u32>(
     m: &LutInt,
     t: IntTablesRaw,
@@ -165,6 +181,7 @@ unsafe fn tile<const R: usize, const BITS: u32>(
     s0: usize,
     s1: usize,
     first: bool,
+    ahead: isize,
     y: *mut f32,
 ) {
     let sh = Shape::of(BITS);
@@ -174,8 +191,6 @@ unsafe fn tile<const R: usize, const BITS: u32>(
     let tabs = t.tabs as *const __m512i;
     let scales = m.scales.as_ptr();
     let (spg, ups) = (m.group / SPAN, SPAN / sh.unit);
-    // The same place in the next tile's blocks (the next `R` blocks' codes follow these').
-    let ahead = R * units * sh.code_bytes();
     let mut yv = [[_mm512_setzero_ps(); 2]; R];
     for g in s0 / spg..s1.div_ceil(spg) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -183,7 +198,7 @@ unsafe fn tile<const R: usize, const BITS: u32>(
             let mut p = [_mm512_setzero_si512(); R];
             for u in s * ups..(s + 1) * ups {
                 for i in 0..R {
-                    let c = (cb[i].add(u * sh.words) as *const u8).wrapping_add(ahead);
+                    let c = (cb[i].add(u * sh.words) as *const u8).wrapping_offset(ahead);
                     for l in 0..sh.words {
                         _mm_prefetch::<_MM_HINT_T2>(c.wrapping_add(64 * l) as *const i8);
                     }
