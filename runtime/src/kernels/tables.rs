@@ -40,21 +40,14 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
                 par_rows(m.blocks, BLOCK * cols, 1, 1, f);
                 return;
             }
-            // Columns split in whole groups: each part builds the tables of its own columns and
-            // runs every row over them, into `y` (part 0) or a partial sum added at the end.
             let (rows, segs) = (m.rows, m.pcols / SEG);
             let partial = scratch.partials(parts - 1, rows);
             assert!(scratch.tables.segs(cols) == segs, "tables for {cols} columns");
             let t = scratch.tables.raw();
-            (0..parts).into_par_iter().for_each(|j| {
-                let (c0, c1) = column_part(segs, m.group / SEG, parts, j);
-                let y = if j == 0 { out.at(0) } else { partial.at((j - 1) * rows) };
-                unsafe {
-                    super::avx512_lut::build_segs(x, t, c0, c1);
-                    super::avx512_lut::blocks_segs(m, t, 0, m.blocks, c0, c1, y);
-                }
+            split_columns(parts, segs, m.group / SEG, rows, out, partial, |c0, c1, y| unsafe {
+                super::avx512_lut::build_segs(x, t, c0, c1);
+                super::avx512_lut::blocks_segs(m, t, 0, m.blocks, c0, c1, y);
             });
-            add_partials(out, partial, parts - 1, rows);
         }
         Lut::Int(m) => {
             if scratch.tables_int.pcols() < cols {
@@ -71,22 +64,36 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
                 par_rows(m.blocks, BLOCK * cols, 1, 1, f);
                 return;
             }
-            // As for NF3 above.
             let (rows, spans) = (m.rows, m.pcols / SPAN);
             let partial = scratch.partials(parts - 1, rows);
             assert!(scratch.tables_int.spans(cols) == spans, "tables for {cols} columns");
             let t = scratch.tables_int.raw();
-            (0..parts).into_par_iter().for_each(|j| {
-                let (c0, c1) = column_part(spans, m.group / SPAN, parts, j);
-                let y = if j == 0 { out.at(0) } else { partial.at((j - 1) * rows) };
-                unsafe {
-                    super::avx512_lut_int::build_spans(x, m.shape, m.group, t, c0, c1);
-                    super::avx512_lut_int::blocks_spans(m, t, 0, m.blocks, c0, c1, y);
-                }
+            split_columns(parts, spans, m.group / SPAN, rows, out, partial, |c0, c1, y| unsafe {
+                super::avx512_lut_int::build_spans(x, m.shape, m.group, t, c0, c1);
+                super::avx512_lut_int::blocks_spans(m, t, 0, m.blocks, c0, c1, y);
             });
-            add_partials(out, partial, parts - 1, rows);
         }
     }
+}
+
+/// Run `part(c0, c1, y)` for each of `parts` column parts of `units` units ([`column_part`]) on
+/// the pool, where each part builds the tables of its own columns and runs every row over them,
+/// into `out` (part 0) or its partial sum in `partial`; then add the partial sums into `out`.
+#[cfg(target_arch = "x86_64")]
+fn split_columns(
+    parts: usize,
+    units: usize,
+    per_group: usize,
+    rows: usize,
+    out: OutPtr,
+    partial: OutPtr,
+    part: impl Fn(usize, usize, *mut f32) + Sync,
+) {
+    (0..parts).into_par_iter().for_each(|j| {
+        let (c0, c1) = column_part(units, per_group, parts, j);
+        part(c0, c1, if j == 0 { out.at(0) } else { partial.at((j - 1) * rows) });
+    });
+    add_partials(out, partial, parts - 1, rows);
 }
 
 /// How many column parts a table product of `work` weights over `groups` groups is split into
