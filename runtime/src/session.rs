@@ -125,9 +125,10 @@ impl<'m> Session<'m> {
             rope_cos,
             rope_sin,
         };
-        let mut scratch = Scratch::new(dim.max(q_dim).max(ffn), batch);
+        let widest = dim.max(q_dim).max(ffn);
+        let mut scratch = Scratch::new(widest, batch);
         if kernels.tables() {
-            scratch.reserve_partials(threads, dim.max(q_dim).max(ffn).max(c.vocab_size));
+            scratch.reserve_partials(threads, widest.max(c.vocab_size));
         }
         Ok(Self { model, kernels, scratch, pool: Arc::new(pool), threads, ctx: ctx_len, batch, pos: 0, logits_rows: 0, s })
     }

@@ -110,12 +110,12 @@ pub(super) unsafe fn blocks_spans(m: &LutInt, t: IntTablesRaw, b0: usize, b1: us
 
 #[inline(always)]
 unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: IntTablesRaw, b0: usize, b1: usize, c0: usize, c1: usize, y: *mut f32) {
+    let sh = Shape::of(BITS);
+    let block_bytes = (m.pcols / sh.unit * sh.code_bytes()) as isize;
     // Column passes of whole groups, so that one pass's tables stay in L2.
     for s0 in (c0..c1).step_by(PASS_COLS / SPAN) {
         let s1 = (s0 + PASS_COLS / SPAN).min(c1);
         let first = s0 == c0;
-        let sh = Shape::of(BITS);
-        let block_bytes = (m.pcols / sh.unit * sh.code_bytes()) as isize;
         // Where a tile's prefetches go, relative to its own codes: the same place in the next
         // tile's blocks; from the pass's last tile, the first tile of the next pass (which would
         // otherwise start cold).

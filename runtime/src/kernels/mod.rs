@@ -282,12 +282,16 @@ impl Scratch {
     pub fn reserve_partials(&mut self, threads: usize, rows: usize) {
         #[cfg(target_arch = "x86_64")]
         if vbmi2_supported() && threads <= tables::MAX_PARTS {
-            let n = threads.saturating_sub(1) * rows;
-            if self.partials.len() < n {
-                self.partials = vec![0.0; n];
-            }
+            self.grow_partials(threads.saturating_sub(1) * rows);
         }
         let _ = (threads, rows);
+    }
+
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn grow_partials(&mut self, len: usize) {
+        if self.partials.len() < len {
+            self.partials = vec![0.0; len];
+        }
     }
 
     /// Outputs' room for the table kernels' partial sums (tests).
@@ -298,9 +302,7 @@ impl Scratch {
     /// `n` partial sums of `rows` outputs each (grown once if the session did not reserve them).
     #[cfg(target_arch = "x86_64")]
     fn partials(&mut self, n: usize, rows: usize) -> OutPtr {
-        if self.partials.len() < n * rows {
-            self.partials = vec![0.0; n * rows];
-        }
+        self.grow_partials(n * rows);
         OutPtr(self.partials.as_mut_ptr())
     }
 }

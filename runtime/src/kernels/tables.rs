@@ -24,13 +24,13 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
     let cols = x.len();
+    let parts = column_parts(lut);
     match lut {
         Lut::Nf3(m) => {
             if scratch.tables.pcols() < cols {
                 // A wider input than the session was made for: grow once.
                 scratch.tables = LutTables::new(cols);
             }
-            let parts = column_parts(m.rows * cols, m.pcols / m.group);
             if parts <= 1 {
                 let t = &mut scratch.tables;
                 unsafe { super::avx512_lut::build(x, t) };
@@ -53,7 +53,6 @@ pub(super) fn matvec(lut: &Lut, x: &[f32], out: OutPtr, scratch: &mut Scratch) {
             if scratch.tables_int.pcols() < cols {
                 scratch.tables_int = IntTables::new(cols);
             }
-            let parts = column_parts(m.rows * cols, m.pcols / m.group);
             if parts <= 1 {
                 let t = &mut scratch.tables_int;
                 unsafe { super::avx512_lut_int::build(x, m.shape, m.group, t) };
@@ -96,8 +95,7 @@ fn split_columns(
     add_partials(out, partial, parts - 1, rows);
 }
 
-/// How many column parts a table product of `work` weights over `groups` groups is split into
-/// on the current pool: one per thread, each of at least `MIN_PART_GROUPS` groups, or 1 (no
+/// How many column parts a table product of `lut` is split into on the current pool: one per thread, each of at least `MIN_PART_GROUPS` groups, or 1 (no
 /// split) where the product is too small to share or the pool has more than `MAX_PARTS` threads.
 ///
 /// Why columns and not rows as the other kernels: each part builds the tables of its own columns
@@ -105,7 +103,11 @@ fn split_columns(
 /// of them and then moves them to the other cores (Zen 4, 2 threads, 4096² in cache: 20-30% of the
 /// product's time, `BENCHMARKS.md`).
 #[cfg(target_arch = "x86_64")]
-pub(super) fn column_parts(work: usize, groups: usize) -> usize {
+pub(super) fn column_parts(lut: &Lut) -> usize {
+    let (work, groups) = match lut {
+        Lut::Nf3(m) => (m.rows * m.cols, m.pcols / m.group),
+        Lut::Int(m) => (m.rows * m.cols, m.pcols / m.group),
+    };
     let threads = rayon::current_num_threads();
     if threads <= 1 || threads > MAX_PARTS || work < super::SERIAL_WORK {
         return 1;

@@ -153,12 +153,7 @@ pub(super) fn twin_product(lut: &Lut, x: &[f32], parts: usize) -> Vec<f32> {
 fn parts_of(lut: &Lut) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        let (rows, cols) = lut.shape();
-        let group = match lut {
-            Lut::Nf3(m) => m.group,
-            Lut::Int(m) => m.group,
-        };
-        tables::column_parts(rows * cols, cols.div_ceil(32) * 32 / group)
+        tables::column_parts(lut)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
