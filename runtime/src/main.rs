@@ -26,7 +26,7 @@ use std::time::Instant;
     after_help = "Environment:\n  BD_KERNELS=reference|avx2|avx512|neon  force a kernel set (default: the best this CPU runs); \
                   append -plain (avx2-plain) to leave out optional extensions such as AVX-VNNI\n  \
                   BD_ACT_BITS=8|16  default of --act-bits\n  \
-                  BD_TABLES=1  NF3 and INT2 decode by table lookup (AVX-512 with VBMI2; repacks those weights at load; \
+                  BD_TABLES=1  NF3, INT2 and INT3 decode by table lookup (AVX-512 with VBMI2; repacks those weights at load; \
                   BD_NF3_TABLES=1 is its earlier name)",
     args_conflicts_with_subcommands = true,
     allow_negative_numbers = true
