@@ -77,17 +77,27 @@ pub unsafe fn blocks(m: &LutNf3, t: &LutTables, b0: usize, b1: usize, y: *mut f3
 /// As [`blocks`], with `t` built at least for segments `c0..c1`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi2")]
 pub(super) unsafe fn blocks_segs(m: &LutNf3, t: TablesRaw, b0: usize, b1: usize, c0: usize, c1: usize, y: *mut f32) {
+    let block_bytes = (m.pcols / 16 * CODE_BYTES) as isize;
     // Column passes of `COL_SEGS` segments, so that one pass's tables stay in L2.
     for s0 in (c0..c1).step_by(COL_SEGS) {
         let s1 = (s0 + COL_SEGS).min(c1);
         let first = s0 == c0;
+        // Where a tile's prefetches go, relative to its own codes (see `tile`): the same place in
+        // the next tile's blocks; from the pass's last tile, the next pass's first tile.
+        let ahead = |b: usize, r: usize| {
+            if b + r < b1 {
+                r as isize * block_bytes
+            } else {
+                (b0 as isize - b as isize) * block_bytes + ((s1 - s0) * SEG / 16 * CODE_BYTES) as isize
+            }
+        };
         let mut b = b0;
         while b + 4 <= b1 {
-            tile::<4>(m, t, b, s0, s1, first, y);
+            tile::<4>(m, t, b, s0, s1, first, ahead(b, 4), y);
             b += 4;
         }
         while b < b1 {
-            tile::<1>(m, t, b, s0, s1, first, y);
+            tile::<1>(m, t, b, s0, s1, first, ahead(b, 1), y);
             b += 1;
         }
     }
@@ -129,14 +139,27 @@ unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n:
     );
 }
 
-/// How far ahead in each block's code stream the kernel asks for lines into L2. From DRAM, 1
-/// thread (`kernel_compare --kernels nf3_g128_lut --where dram`, Zen 4): no prefetch 59-63% of the
-/// read bandwidth, 4 KiB ahead 61-78%, 8 KiB 67-81%, 1.5 KiB into L1 46-64%. Interleaving a tile's
-/// 4 blocks into one stream instead measured 36-41%: four streams keep more lines in flight.
-const PREFETCH: usize = 4096;
+// Prefetch: each block's codes are asked into L2 one tile ahead, at the same place in the next
+// tile's blocks (`ahead` bytes from the codes being read), as in the INT table kernel; from a
+// pass's last tile, the next pass's first tile. Until 2026-12-04 this kernel fetched 4 KiB ahead
+// in each block's own stream (from DRAM, 1 thread, Zen 4: no prefetch 59-63% of the read
+// bandwidth, 4 KiB ahead 61-78%, 8 KiB 67-81%, 1.5 KiB into L1 46-64%), which left the first
+// 4 KiB of each block's share of a pass (24 KiB) unfetched and fetched 4 KiB past its end that
+// the next pass, a whole matrix later, reads again. Interleaving a tile's 4 blocks into one
+// stream measured 36-41%: four streams keep more lines in flight.
 
 #[inline(always)]
-unsafe fn tile<const R: usize>(m: &LutNf3, t: TablesRaw, b: usize, s0: usize, s1: usize, first: bool, y: *mut f32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    m: &LutNf3,
+    t: TablesRaw,
+    b: usize,
+    s0: usize,
+    s1: usize,
+    first: bool,
+    ahead: isize,
+    y: *mut f32,
+) {
     let n16 = m.pcols / 16;
     let codes = m.codes.as_ptr() as *const u8;
     let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * n16 * CODE_BYTES) as *const __m512i);
@@ -150,7 +173,7 @@ unsafe fn tile<const R: usize>(m: &LutNf3, t: TablesRaw, b: usize, s0: usize, s1
         unroll!(q in [0, 1] {
             let j16 = 2 * s + q;
             for i in 0..R {
-                let c = (cb[i].add(j16 * 3) as *const u8).wrapping_add(PREFETCH);
+                let c = (cb[i].add(j16 * 3) as *const u8).wrapping_offset(ahead);
                 for l in 0..3 {
                     _mm_prefetch::<_MM_HINT_T2>(c.wrapping_add(64 * l) as *const i8);
                 }
