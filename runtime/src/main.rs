@@ -270,6 +270,8 @@ fn run_generate(a: RunArgs) -> Result<()> {
     let ctx = context_len(a.ctx, usize::MAX, &model)?;
     let tokenizer = Tokenizer::from_model(&model)?;
     let mut session = Session::with_kernels(&model, ctx, threads, kernels(&a.common))?;
+    // A window longer than the context holds no more tokens than the context does.
+    let cfg = SamplerConfig { repeat_last_n: cfg.repeat_last_n.min(ctx), ..cfg };
     let mut sampler = Sampler::new(cfg, model.config().vocab_size)?;
     eprintln!("bd-run: {} threads, {} kernels, context {ctx}, seed {seed}", threads, session.kernels().describe());
     let opts = GenerateOptions { max_tokens: a.n, stop: a.stop.clone() };

@@ -28,6 +28,9 @@ impl Default for SamplerConfig {
     }
 }
 
+/// Largest repetition window [`SamplerConfig::validate`] accepts (2^24 tokens).
+pub const MAX_REPEAT_LAST_N: usize = 1 << 24;
+
 impl SamplerConfig {
     pub fn greedy() -> Self {
         Self { temperature: 0.0, ..Self::default() }
@@ -47,6 +50,11 @@ impl SamplerConfig {
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad(format!("--repeat-penalty {} must be a finite number > 0 (1 = off)", self.repeat_penalty));
+        }
+        // The window is reserved when the sampler is made (no allocation per token), so an absurd
+        // one must be refused rather than abort the allocation; no context comes near this.
+        if self.repeat_last_n > MAX_REPEAT_LAST_N {
+            return bad(format!("--repeat-last-n {} must be at most {MAX_REPEAT_LAST_N}", self.repeat_last_n));
         }
         Ok(())
     }
@@ -228,6 +236,14 @@ mod tests {
 
     fn sampler(cfg: SamplerConfig) -> Sampler {
         Sampler::new(cfg, 5).unwrap()
+    }
+
+    #[test]
+    fn an_absurd_repetition_window_is_refused_not_allocated() {
+        let cfg = SamplerConfig { repeat_last_n: usize::MAX, ..SamplerConfig::greedy() };
+        let e = Sampler::new(cfg, 5).err().expect("refused").to_string();
+        assert!(e.contains("--repeat-last-n"), "{e}");
+        assert!(Sampler::new(SamplerConfig { repeat_last_n: MAX_REPEAT_LAST_N, ..SamplerConfig::greedy() }, 5).is_ok());
     }
 
     #[test]

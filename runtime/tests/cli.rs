@@ -73,6 +73,12 @@ fn generates_and_streams_to_stdout() {
     assert_eq!(r.stdout, bd_run(&[s(&m), "--prompt", "the", "-n", "12", "--temp", "0", "-t", "1"]).stdout);
     let sampled = [s(&m), "--prompt", "the", "-n", "12", "--seed", "9", "--top-k", "0", "--repeat-penalty", "1.3"];
     assert_eq!(bd_run(&sampled).stdout, bd_run(&sampled).stdout);
+    // A repetition window longer than the context is the whole context.
+    let whole = [s(&m), "--prompt", "the", "-n", "12", "--seed", "9", "--top-k", "0", "--repeat-penalty", "1.3", "--ctx", "64"];
+    let longer = [&whole[..], &["--repeat-last-n", "1000000"]].concat();
+    let r = bd_run(&longer);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.stdout, bd_run(&[&whole[..], &["--repeat-last-n", "64"]].concat()).stdout);
     // -n 0 prints the prompt alone.
     let r = bd_run(&[s(&m), "--prompt", "the", "-n", "0"]);
     assert!(r.ok, "{}", r.stderr);
@@ -194,6 +200,7 @@ fn bad_prompts_and_absurd_flags_fail_cleanly() {
     assert_fails(&[m, "--prompt", "the", "--top-p", "2"], &["--top-p"]);
     assert_fails(&[m, "--prompt", "the", "--min-p", "1.5"], &["--min-p"]);
     assert_fails(&[m, "--prompt", "the", "--repeat-penalty", "0"], &["--repeat-penalty"]);
+    assert_fails(&[m, "--prompt", "the", "--repeat-last-n", "99999999999999"], &["--repeat-last-n 99999999999999", "at most"]);
     assert_fails(&[m, "--prompt", "the", "--threads", "0"], &["--threads"]);
     assert_fails(&[m, "--prompt", "the", "--threads", "100000"], &["--threads 100000", "at most 1024"]);
     assert_fails(&[m, "--prompt", "the", "--ctx", "0"], &["--ctx"]);

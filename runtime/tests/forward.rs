@@ -8,7 +8,7 @@ use bd_formats::hf::fixture::TinySpec;
 use bd_formats::quant::QuantFormat;
 use bd_formats::DType;
 use bd_runtime::{
-    generate, perplexity, GenerateOptions, Model, ReadOptions, RuntimeError, Sampler, SamplerConfig, Session, Tokenizer,
+    generate, perplexity, GenerateOptions, Model, ReadOptions, RuntimeError, Sampler, SamplerConfig, Session, StopReason, Tokenizer,
 };
 use common::{max_diff, tokens, write_f32_model, write_model, Reference};
 
@@ -19,6 +19,8 @@ fn specs() -> Vec<(&'static str, TinySpec)> {
         ("gqa, tied", TinySpec::default()),
         ("mha, untied", TinySpec { heads: 4, kv_heads: 4, tied: false, seed: 2, ..TinySpec::default() }),
         ("mqa, untied, 3 layers", TinySpec { heads: 8, kv_heads: 1, layers: 3, tied: false, seed: 3, ..TinySpec::default() }),
+        // RoPE's theta comes from the file's header, not a default.
+        ("gqa, theta 500000", TinySpec { rope_theta: 500_000.0, seed: 4, ..TinySpec::default() }),
     ]
 }
 
@@ -89,12 +91,12 @@ fn half_precision_files_match_reference_on_their_own_values() {
 }
 
 /// Quantized files against the fake-quantized f32 model (the reference on dequantized weights).
-/// Kernels may quantize activations (int8 dot products), so the bound is relative to the logits'
-/// scale rather than f32 rounding.
+/// Kernels quantize activations (16-bit by default, 8-bit with `BD_ACT_BITS=8`), so the bound is
+/// relative to the logits' scale rather than f32 rounding.
 #[test]
 fn quantized_files_match_the_fake_quantized_reference() {
     let spec = TinySpec::default();
-    for (format, group) in [(QuantFormat::Int2, 32), (QuantFormat::Nf3, 64), (QuantFormat::Int4, 128), (QuantFormat::Int3, 16)] {
+    for (format, group) in [(QuantFormat::Int2, 32), (QuantFormat::Nf3, 64), (QuantFormat::Int4, 128), (QuantFormat::Int3, 16), (QuantFormat::Nf4, 32)] {
         let dir = tempfile::tempdir().unwrap();
         let path = write_model(dir.path(), "q.bd2", &spec, DType::Quant(format), DType::F32, group);
         let (model, reference) = (open(&path), Reference::from_file(&path));
@@ -107,10 +109,13 @@ fn quantized_files_match_the_fake_quantized_reference() {
         for i in 65..70 {
             worst = worst.max(max_diff(s.decode(toks[i]).unwrap(), &want[i]));
         }
-        assert!(worst < 1e-2 * scale.max(1.0), "{format} g{group}: logits differ by {worst} (scale {scale})");
+        // 16-bit activations (the default) measured at most 5e-5 of the scale here and 2e-4 of the
+        // perplexity (nf4 g32; the scalar reference 3e-7), 8-bit ones 4e-3 and 6e-3.
+        let tol = if s.kernels().act8() { 1e-2 } else { 1e-3 };
+        assert!(worst < tol * scale.max(1.0), "{format} g{group}: logits differ by {worst} (scale {scale})");
         // Perplexity, too, is the fake-quantized model's.
         let (p, want_p) = (perplexity(&mut s, &toks, 1, 24, |_, _, _| {}).unwrap().ppl, reference.perplexity(&toks, 24));
-        assert!((p / want_p - 1.0).abs() < 1e-2, "{format} g{group}: perplexity {p} vs {want_p}");
+        assert!((p / want_p - 1.0).abs() < 2.0 * tol as f64, "{format} g{group}: perplexity {p} vs {want_p}");
     }
 }
 
@@ -246,4 +251,49 @@ fn a_model_from_bytes_runs_like_a_mapped_one() {
     let n = bytes.len();
     bytes[n - 10] ^= 0xff;
     assert!(Model::from_bytes(&bytes, ReadOptions::default()).is_err());
+}
+
+/// Generation ends at EOS (sampled, kept in `generated`, never printed) or when the context is
+/// full (one token sampled per free position: `ctx - prompt + 1`). Near-uniform sampling over the
+/// fixture's vocabulary reaches EOS in some seeds and fills the context in others; both must occur.
+#[test]
+fn generation_stops_at_eos_or_when_the_context_is_full() {
+    let spec = TinySpec::default();
+    let dir = tempfile::tempdir().unwrap();
+    let model = open(&write_f32_model(dir.path(), &spec));
+    let tok = Tokenizer::from_model(&model).unwrap();
+    let prompt = tok.encode("the cat", true).unwrap();
+    let ctx = 160;
+    let opts = GenerateOptions { max_tokens: 10_000, stop: vec![] };
+    let (mut eos, mut full) = (0, 0);
+    for seed in 0..16 {
+        let cfg = SamplerConfig { temperature: 100.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..SamplerConfig::default() };
+        let mut s = Session::new(&model, ctx, 1).unwrap();
+        let mut sampler = Sampler::new(cfg.clone(), model.config().vocab_size).unwrap();
+        let mut text = String::new();
+        let g = generate(&mut s, &tok, &mut sampler, &prompt, &opts, |t| text.push_str(t)).unwrap();
+        let n_eos = g.generated.iter().filter(|&&t| t == tok.eos_id()).count();
+        match g.stop {
+            StopReason::Eos => {
+                eos += 1;
+                assert_eq!((g.generated.last(), n_eos), (Some(&tok.eos_id()), 1), "seed {seed}: EOS ends the generation");
+                assert!(g.generated.len() <= ctx - prompt.len() + 1);
+                // The same run stopped just before EOS prints the same text: EOS adds none.
+                let mut s = Session::new(&model, ctx, 1).unwrap();
+                let mut sampler = Sampler::new(cfg, model.config().vocab_size).unwrap();
+                let before = GenerateOptions { max_tokens: g.generated.len() - 1, stop: vec![] };
+                let mut text_before = String::new();
+                let h = generate(&mut s, &tok, &mut sampler, &prompt, &before, |t| text_before.push_str(t)).unwrap();
+                assert_eq!(h.generated[..], g.generated[..g.generated.len() - 1]);
+                assert_eq!(text, text_before, "seed {seed}: EOS is not printed");
+            }
+            StopReason::ContextFull => {
+                full += 1;
+                assert_eq!((g.generated.len(), n_eos), (ctx - prompt.len() + 1, 0), "seed {seed}");
+                assert_eq!(s.pos(), ctx);
+            }
+            other => panic!("seed {seed}: stopped by {other:?}"),
+        }
+    }
+    assert!(eos > 0 && full > 0, "EOS in {eos} of 16 seeds, a full context in {full}");
 }

@@ -410,7 +410,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Synth { out, hidden, layers, heads, kv_heads, intermediate, max_context, seed } => {
-            let spec = TinySpec { hidden, layers, heads, kv_heads, intermediate, tied: false, dtype: "f32", seed, max_context };
+            let spec = TinySpec { hidden, layers, heads, kv_heads, intermediate, tied: false, dtype: "f32", seed, max_context, rope_theta: 10000.0 };
             write_tiny_checkpoint(&out, &spec).with_context(|| format!("cannot write {}", out.display()))?;
             let params = bd_formats::hf::fixture::tiny_config(&spec).num_params();
             eprintln!("wrote {} ({params} parameters)", out.display());

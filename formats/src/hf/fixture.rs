@@ -19,6 +19,7 @@ pub struct TinySpec {
     pub dtype: &'static str,
     pub seed: u64,
     pub max_context: usize,
+    pub rope_theta: f32,
 }
 
 impl Default for TinySpec {
@@ -35,6 +36,7 @@ impl Default for TinySpec {
             dtype: "f32",
             seed: 1,
             max_context: 256,
+            rope_theta: 10000.0,
         }
     }
 }
@@ -129,7 +131,7 @@ pub fn tiny_config(spec: &TinySpec) -> ModelConfig {
         head_dim: spec.hidden.checked_div(spec.heads).unwrap_or(0),
         intermediate_size: spec.intermediate,
         vocab_size: TINY_VOCAB,
-        rope_theta: 10000.0,
+        rope_theta: spec.rope_theta,
         rms_eps: 1e-5,
         max_context: spec.max_context,
         tied_embeddings: spec.tied,
