@@ -4,7 +4,7 @@
 // Kernels index several parallel per-block arrays with the same loop variable.
 #![allow(clippy::needless_range_loop)]
 
-use super::avx512_lut_int::{indices, store_blocks};
+use super::avx512_lut_int::{indices, prefetch_ahead, store_blocks};
 use super::lut::{segment_scale, LutNf3, LutTables, TablesRaw, BLOCK, CODE_BYTES, COL_SEGS, SEG};
 use bd_formats::quant::NF3_LEVELS;
 use std::arch::x86_64::*;
@@ -82,15 +82,8 @@ pub(super) unsafe fn blocks_segs(m: &LutNf3, t: TablesRaw, b0: usize, b1: usize,
     for s0 in (c0..c1).step_by(COL_SEGS) {
         let s1 = (s0 + COL_SEGS).min(c1);
         let first = s0 == c0;
-        // Where a tile's prefetches go, relative to its own codes (see `tile`): the same place in
-        // the next tile's blocks; from the pass's last tile, the next pass's first tile.
-        let ahead = |b: usize, r: usize| {
-            if b + r < b1 {
-                r as isize * block_bytes
-            } else {
-                (b0 as isize - b as isize) * block_bytes + ((s1 - s0) * SEG / 16 * CODE_BYTES) as isize
-            }
-        };
+        let pass_bytes = ((s1 - s0) * SEG / 16 * CODE_BYTES) as isize;
+        let ahead = |b: usize, r: usize| prefetch_ahead(b, r, b0, b1, block_bytes, pass_bytes);
         let mut b = b0;
         while b + 4 <= b1 {
             tile::<4>(m, t, b, s0, s1, first, ahead(b, 4), y);

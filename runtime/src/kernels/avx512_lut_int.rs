@@ -116,16 +116,8 @@ unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: IntTablesRaw, b0: usize, b1:
     for s0 in (c0..c1).step_by(PASS_COLS / SPAN) {
         let s1 = (s0 + PASS_COLS / SPAN).min(c1);
         let first = s0 == c0;
-        // Where a tile's prefetches go, relative to its own codes: the same place in the next
-        // tile's blocks; from the pass's last tile, the first tile of the next pass (which would
-        // otherwise start cold).
-        let ahead = |b: usize, r: usize| {
-            if b + r < b1 {
-                r as isize * block_bytes
-            } else {
-                (b0 as isize - b as isize) * block_bytes + ((s1 - s0) * SPAN / sh.unit * sh.code_bytes()) as isize
-            }
-        };
+        let pass_bytes = ((s1 - s0) * SPAN / sh.unit * sh.code_bytes()) as isize;
+        let ahead = |b: usize, r: usize| prefetch_ahead(b, r, b0, b1, block_bytes, pass_bytes);
         let mut b = b0;
         while b + 4 <= b1 {
             tile::<4, BITS>(m, t, b, s0, s1, first, ahead(b, 4), y);
@@ -135,6 +127,18 @@ unsafe fn blocks_of<const BITS: u32>(m: &LutInt, t: IntTablesRaw, b0: usize, b1:
             tile::<1, BITS>(m, t, b, s0, s1, first, ahead(b, 1), y);
             b += 1;
         }
+    }
+}
+
+/// Where the prefetches of the tile of `r` blocks at block `b` go, in bytes from its own codes
+/// (`block_bytes` a block's whole stream, `pass_bytes` a block's share of the column pass): the
+/// same place in the next tile's blocks; from the pass's last tile (blocks `b0..b1`), the next
+/// pass's first tile, which would otherwise start cold. Both table kernels prefetch so.
+pub(super) fn prefetch_ahead(b: usize, r: usize, b0: usize, b1: usize, block_bytes: isize, pass_bytes: isize) -> isize {
+    if b + r < b1 {
+        r as isize * block_bytes
+    } else {
+        (b0 as isize - b as isize) * block_bytes + pass_bytes
     }
 }
 
