@@ -463,16 +463,41 @@ pub const MAX_THREADS: usize = 1024;
 pub fn default_threads() -> usize {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
     let siblings = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list")
-        .ok()
-        .map(|s| s.trim().split(',').map(|r| r.split_once('-').map_or(1, |(a, b)| range_len(a, b))).sum::<usize>())
-        .filter(|&n| n >= 1)
-        .unwrap_or(1);
+        .map_or(1, |list| threads_in_list(&list));
     (logical / siblings).max(1)
+}
+
+/// The number of CPUs in a kernel CPU list such as `0,8` or `0-1` (at least 1: what cannot be read
+/// counts as one).
+fn threads_in_list(list: &str) -> usize {
+    let n: usize = list.trim().split(',').map(|r| r.split_once('-').map_or(1, |(a, b)| range_len(a, b))).sum();
+    n.max(1)
 }
 
 fn range_len(a: &str, b: &str) -> usize {
     match (a.parse::<usize>(), b.parse::<usize>()) {
         (Ok(a), Ok(b)) if b >= a => b - a + 1,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_lists_count_hyper_threads() {
+        assert_eq!(threads_in_list("0\n"), 1);
+        assert_eq!(threads_in_list("0,8\n"), 2);
+        assert_eq!(threads_in_list("0-1"), 2);
+        assert_eq!(threads_in_list("4-7,12"), 5);
+        assert_eq!(threads_in_list("7-4"), 1);
+        assert_eq!(threads_in_list(""), 1);
+    }
+
+    #[test]
+    fn default_threads_are_at_most_the_logical_cpus() {
+        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!((1..=logical).contains(&default_threads()));
     }
 }
