@@ -494,10 +494,4 @@ mod tests {
         assert_eq!(threads_in_list("7-4"), 1);
         assert_eq!(threads_in_list(""), 1);
     }
-
-    #[test]
-    fn default_threads_are_at_most_the_logical_cpus() {
-        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert!((1..=logical).contains(&default_threads()));
-    }
 }

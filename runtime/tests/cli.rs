@@ -73,7 +73,7 @@ fn generates_and_streams_to_stdout() {
     assert_eq!(r.stdout, bd_run(&[s(&m), "--prompt", "the", "-n", "12", "--temp", "0", "-t", "1"]).stdout);
     let sampled = [s(&m), "--prompt", "the", "-n", "12", "--seed", "9", "--top-k", "0", "--repeat-penalty", "1.3"];
     assert_eq!(bd_run(&sampled).stdout, bd_run(&sampled).stdout);
-    // A repetition window longer than the context is the whole context.
+    // A repetition window longer than the context is accepted, and acts as the whole context.
     let whole = [s(&m), "--prompt", "the", "-n", "12", "--seed", "9", "--top-k", "0", "--repeat-penalty", "1.3", "--ctx", "64"];
     let longer = [&whole[..], &["--repeat-last-n", "1000000"]].concat();
     let r = bd_run(&longer);

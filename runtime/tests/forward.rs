@@ -111,7 +111,8 @@ fn quantized_files_match_the_fake_quantized_reference() {
         }
         // 16-bit activations (the default) measured at most 5e-5 of the scale here and 2e-4 of the
         // perplexity (nf4 g32; the scalar reference 3e-7), 8-bit ones 4e-3 and 6e-3.
-        let tol = if s.kernels().act8() { 1e-2 } else { 1e-3 };
+        // (The table kernels, `BD_TABLES=1`, round their tables to ~11 bits: 8-bit's bound too.)
+        let tol = if s.kernels().act8() || s.kernels().tables() { 1e-2 } else { 1e-3 };
         assert!(worst < tol * scale.max(1.0), "{format} g{group}: logits differ by {worst} (scale {scale})");
         // Perplexity, too, is the fake-quantized model's.
         let (p, want_p) = (perplexity(&mut s, &toks, 1, 24, |_, _, _| {}).unwrap().ppl, reference.perplexity(&toks, 24));

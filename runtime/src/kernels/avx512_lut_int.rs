@@ -165,7 +165,8 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 }
 
 // Prefetch: each block's codes are asked into L2 one tile ahead (at the same place in the next
-// tile's blocks), not 4 KiB ahead in its own stream as in the NF3 table kernel: a tile reads only
+// tile's blocks; the NF3 table kernel does the same since 2026-12-04), not 4 KiB ahead in its own
+// stream: a tile reads only
 // one column pass (16 KiB) of each block's stream, so a distance within the stream left each
 // tile's first 4 KiB a block unfetched. From DRAM (`kernel_compare --kernels
 // int2_g128_lut,int2_g128_a8 --where dram --threads 1,2`, Zen 4, two alternations) the table
