@@ -8,7 +8,8 @@ use bd_formats::hf::fixture::TinySpec;
 use bd_formats::quant::QuantFormat;
 use bd_formats::DType;
 use bd_runtime::{
-    generate, perplexity, GenerateOptions, Model, ReadOptions, RuntimeError, Sampler, SamplerConfig, Session, StopReason, Tokenizer,
+    generate, perplexity, GenerateOptions, Model, ReadOptions, RuntimeError, Sampler, SamplerConfig, Session, StopReason,
+    Tokenizer,
 };
 use common::{max_diff, tokens, write_f32_model, write_model, Reference};
 
@@ -96,7 +97,13 @@ fn half_precision_files_match_reference_on_their_own_values() {
 #[test]
 fn quantized_files_match_the_fake_quantized_reference() {
     let spec = TinySpec::default();
-    for (format, group) in [(QuantFormat::Int2, 32), (QuantFormat::Nf3, 64), (QuantFormat::Int4, 128), (QuantFormat::Int3, 16), (QuantFormat::Nf4, 32)] {
+    for (format, group) in [
+        (QuantFormat::Int2, 32),
+        (QuantFormat::Nf3, 64),
+        (QuantFormat::Int4, 128),
+        (QuantFormat::Int3, 16),
+        (QuantFormat::Nf4, 32),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = write_model(dir.path(), "q.bd2", &spec, DType::Quant(format), DType::F32, group);
         let (model, reference) = (open(&path), Reference::from_file(&path));
@@ -265,14 +272,21 @@ fn generation_stops_at_eos_or_when_the_context_is_full() {
     let tok = Tokenizer::from_model(&model).unwrap();
     let prompt = tok.encode("the cat", true).unwrap();
     let ctx = 160;
-    let opts = GenerateOptions { max_tokens: 10_000, stop: vec![] };
-    let (mut eos, mut full) = (0, 0);
-    for seed in 0..16 {
+    // Up to `max_tokens` from a fresh session with this seed: what was sampled, printed, and where
+    // the session ends.
+    let run = |seed: u64, max_tokens: usize| {
         let cfg = SamplerConfig { temperature: 100.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..SamplerConfig::default() };
         let mut s = Session::new(&model, ctx, 1).unwrap();
-        let mut sampler = Sampler::new(cfg.clone(), model.config().vocab_size).unwrap();
+        let mut sampler = Sampler::new(cfg, model.config().vocab_size).unwrap();
         let mut text = String::new();
-        let g = generate(&mut s, &tok, &mut sampler, &prompt, &opts, |t| text.push_str(t)).unwrap();
+        let g =
+            generate(&mut s, &tok, &mut sampler, &prompt, &GenerateOptions { max_tokens, stop: vec![] }, |t| text.push_str(t))
+                .unwrap();
+        (g, text, s.pos())
+    };
+    let (mut eos, mut full) = (0, 0);
+    for seed in 0..16 {
+        let (g, text, pos) = run(seed, 10_000);
         let n_eos = g.generated.iter().filter(|&&t| t == tok.eos_id()).count();
         match g.stop {
             StopReason::Eos => {
@@ -280,18 +294,14 @@ fn generation_stops_at_eos_or_when_the_context_is_full() {
                 assert_eq!((g.generated.last(), n_eos), (Some(&tok.eos_id()), 1), "seed {seed}: EOS ends the generation");
                 assert!(g.generated.len() <= ctx - prompt.len() + 1);
                 // The same run stopped just before EOS prints the same text: EOS adds none.
-                let mut s = Session::new(&model, ctx, 1).unwrap();
-                let mut sampler = Sampler::new(cfg, model.config().vocab_size).unwrap();
-                let before = GenerateOptions { max_tokens: g.generated.len() - 1, stop: vec![] };
-                let mut text_before = String::new();
-                let h = generate(&mut s, &tok, &mut sampler, &prompt, &before, |t| text_before.push_str(t)).unwrap();
+                let (h, text_before, _) = run(seed, g.generated.len() - 1);
                 assert_eq!(h.generated[..], g.generated[..g.generated.len() - 1]);
                 assert_eq!(text, text_before, "seed {seed}: EOS is not printed");
             }
             StopReason::ContextFull => {
                 full += 1;
                 assert_eq!((g.generated.len(), n_eos), (ctx - prompt.len() + 1, 0), "seed {seed}");
-                assert_eq!(s.pos(), ctx);
+                assert_eq!(pos, ctx);
             }
             other => panic!("seed {seed}: stopped by {other:?}"),
         }

@@ -410,7 +410,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Synth { out, hidden, layers, heads, kv_heads, intermediate, max_context, seed } => {
-            let spec = TinySpec { hidden, layers, heads, kv_heads, intermediate, tied: false, dtype: "f32", seed, max_context, rope_theta: 10000.0 };
+            let spec =
+                TinySpec { hidden, layers, heads, kv_heads, intermediate, tied: false, seed, max_context, ..TinySpec::default() };
             write_tiny_checkpoint(&out, &spec).with_context(|| format!("cannot write {}", out.display()))?;
             let params = bd_formats::hf::fixture::tiny_config(&spec).num_params();
             eprintln!("wrote {} ({params} parameters)", out.display());

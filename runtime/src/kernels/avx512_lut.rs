@@ -143,16 +143,7 @@ unsafe fn step4(tp: *const __m512i, idx: &[__m512i; 4], p: &mut [__m512i; 4], n:
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    m: &LutNf3,
-    t: TablesRaw,
-    b: usize,
-    s0: usize,
-    s1: usize,
-    first: bool,
-    ahead: isize,
-    y: *mut f32,
-) {
+unsafe fn tile<const R: usize>(m: &LutNf3, t: TablesRaw, b: usize, s0: usize, s1: usize, first: bool, ahead: isize, y: *mut f32) {
     let n16 = m.pcols / 16;
     let codes = m.codes.as_ptr() as *const u8;
     let cb: [*const __m512i; R] = from_fn(|i| codes.add((b + i) * n16 * CODE_BYTES) as *const __m512i);

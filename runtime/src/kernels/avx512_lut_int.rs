@@ -166,9 +166,8 @@ unsafe fn step4(tp: *const __m512i, idx: [__m512i; 4], p: &mut [__m512i; 4]) {
 
 // Prefetch: each block's codes are asked into L2 one tile ahead (at the same place in the next
 // tile's blocks; the NF3 table kernel does the same since 2026-12-04), not 4 KiB ahead in its own
-// stream: a tile reads only
-// one column pass (16 KiB) of each block's stream, so a distance within the stream left each
-// tile's first 4 KiB a block unfetched. From DRAM (`kernel_compare --kernels
+// stream: a tile reads only one column pass (16 KiB) of each block's stream, so a distance within
+// the stream left each tile's first 4 KiB a block unfetched. From DRAM (`kernel_compare --kernels
 // int2_g128_lut,int2_g128_a8 --where dram --threads 1,2`, Zen 4, two alternations) the table
 // kernel took 0.99-1.10x the 8-bit kernel's time at 1 thread with it, 1.08-1.16x without. Two
 // more alternations (23:25 UTC): one tile ahead 0.99-1.14x, two tiles 1.04-1.18x, half a tile (the
@@ -245,8 +244,9 @@ unsafe fn tile<const R: usize, const BITS: u32>(
     store_blocks(&yv, b, m.rows, first, y);
 }
 
-/// Write (`first`, the first column pass of the product or of its part) or add (later passes) the sums `yv` of blocks `b..b + R`
-/// into `y`, leaving the rows from `rows` on alone. Shared with the NF3 table kernel.
+/// Write (`first`, the first column pass of the product or of its part) or add (later passes) the
+/// sums `yv` of blocks `b..b + R` into `y`, leaving the rows from `rows` on alone. Shared with the
+/// NF3 table kernel.
 #[inline(always)]
 pub(super) unsafe fn store_blocks<const R: usize>(yv: &[[__m512; 2]; R], b: usize, rows: usize, first: bool, y: *mut f32) {
     for i in 0..R {

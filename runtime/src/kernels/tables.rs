@@ -95,8 +95,9 @@ fn split_columns(
     add_partials(out, partial, parts - 1, rows);
 }
 
-/// How many column parts a table product of `lut` is split into on the current pool: one per thread, each of at least `MIN_PART_GROUPS` groups, or 1 (no
-/// split) where the product is too small to share or the pool has more than `MAX_PARTS` threads.
+/// How many column parts a table product of `lut` is split into on the current pool: one per
+/// thread, each of at least `MIN_PART_GROUPS` groups, or 1 (no split) where the product is too
+/// small to share or the pool has more than `MAX_PARTS` threads.
 ///
 /// Why columns and not rows as the other kernels: each part builds the tables of its own columns
 /// and reads them from its own core's L2, where a split by rows waits for one thread to build all
